@@ -1,0 +1,1 @@
+"""asrinterp_utils."""

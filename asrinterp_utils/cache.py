@@ -1,0 +1,265 @@
+"""Caching activations: a filtered set of hook points, full or pooled over the clip's real frames, in memory
+(moved to CPU by default) or streamed to disk.
+
+>>> with cache_activations(lm, "enc.*.resid_post", pool="mean", n_frames=batch.n_frames) as cache:
+...     lm.model(input_features, decoder_input_ids=ids)
+>>> cache.stack("enc.*.resid_post").shape   # (layers, batch, d_model)
+
+Full activations keep the point's layout, ``(batch, positions, ...)``; during ``generate`` the decoder's one-token
+steps are stitched back along the position axis. Pooled activations drop the position axis: ``(batch, ...)``,
+averaged (or maxed) over positions below ``n_frames`` (encoder) or ``n_tokens`` (decoder) for each clip, on the
+fly, so caching every layer of a large model costs a few vectors per clip. Whisper pads every clip to 1,500
+encoder frames; pooling over all of them would mostly average padding, so pass ``n_frames``.
+
+With ``to_disk=folder`` each full activation is written to a safetensors file as soon as it is computed (written
+to a temporary name, then renamed), and read back lazily; ``manifest.json`` is written last, so a folder without
+it is an interrupted run and :meth:`ActivationCache.load` refuses it.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+from collections.abc import Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence, Union
+
+import torch
+
+from .hooks import HookContext, HookPoint, HookSession, resolve_hook_points
+
+POOLS = (None, "mean", "max")
+
+
+class ActivationCache(Mapping):
+    """Activations by hook-point name. ``cache[name]`` is a tensor (see the module docstring for layouts).
+
+    ``pooled`` is None, ``"mean"`` or ``"max"``. Iterating gives names in forward order.
+    """
+
+    def __init__(self, data: dict[str, Union[torch.Tensor, Callable[[], torch.Tensor]]] | None = None,
+                 pooled: str | None = None, meta: dict | None = None) -> None:
+        self._data = dict(data or {})
+        self.pooled = pooled
+        self.meta = dict(meta or {})
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        try:
+            value = self._data[name]
+        except KeyError:
+            import difflib
+            near = difflib.get_close_matches(name, list(self._data), n=3, cutoff=0.5)
+            hint = f" Nearest cached: {near}." if near else ""
+            raise KeyError(f"{name!r} is not in this cache.{hint} Cached: {len(self._data)} points; "
+                           "cache it by naming it (or a pattern matching it) in cache_activations.") from None
+        if callable(value):  # lazily loaded from disk
+            value = value()
+            self._data[name] = value
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        kind = f"pooled={self.pooled!r}" if self.pooled else "full"
+        return f"ActivationCache({len(self)} points, {kind})"
+
+    def select(self, pattern: str) -> list[str]:
+        """Cached names matching a wildcard pattern, in forward order."""
+        return [n for n in self._data if fnmatch.fnmatchcase(n, pattern)]
+
+    def stack(self, pattern: str) -> torch.Tensor:
+        """Stack the cached points matching ``pattern`` (e.g. ``"enc.*.resid_post"``), in layer order, into
+        ``(n_points, ...)``."""
+        names = self.select(pattern)
+        if not names:
+            raise KeyError(f"no cached point matches {pattern!r}")
+        return torch.stack([self[n] for n in names])
+
+    def to(self, device: Union[str, torch.device]) -> "ActivationCache":
+        """A copy with every tensor on ``device``."""
+        return ActivationCache({n: self[n].to(device) for n in self}, pooled=self.pooled, meta=self.meta)
+
+    # -- disk --
+    def save(self, folder: Union[str, Path]) -> Path:
+        """Write every tensor (one safetensors file per point) and the manifest, atomically."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        files = {}
+        for i, name in enumerate(self):
+            fname = f"{i:04d}_{_safe(name)}.safetensors"
+            _atomic_save({"act": self[name].contiguous()}, folder / fname)
+            files[name] = [fname]
+        _write_manifest(folder, files, self.pooled, self.meta)
+        return folder
+
+    @classmethod
+    def load(cls, folder: Union[str, Path]) -> "ActivationCache":
+        """Open a cache folder written by :meth:`save` or by ``cache_activations(..., to_disk=folder)``; tensors are
+        read when first used."""
+        folder = Path(folder)
+        manifest = folder / "manifest.json"
+        if not manifest.is_file():
+            raise FileNotFoundError(
+                f"{folder} has no manifest.json: the run that wrote it did not finish. Delete the folder and run "
+                "again.")
+        info = json.loads(manifest.read_text())
+        data = {name: (lambda files=files, kind=info["kinds"].get(name, "full"): _read_chunks(folder, files, kind))
+                for name, files in info["files"].items()}
+        return cls(data, pooled=info.get("pooled"), meta=info.get("meta", {}))
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def _write_manifest(folder: Path, files: dict, pooled: str | None, meta: dict, kinds: dict | None = None) -> None:
+    tmp = folder / f".manifest.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps({"files": files, "pooled": pooled, "meta": meta, "kinds": kinds or {}}, indent=1))
+    os.replace(tmp, folder / "manifest.json")
+
+
+def _read_chunks(folder: Path, files: Sequence[str], kind: str) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    chunks = [load_file(str(folder / f))["act"] for f in files]
+    return _stitch(chunks, kind)
+
+
+def _stitch(chunks: list[torch.Tensor], kind: str) -> torch.Tensor:
+    """Concatenate per-call chunks along the position axis; attention patterns are padded on the key axis (later
+    decoder steps attend to more keys)."""
+    if len(chunks) == 1:
+        return chunks[0]
+    if kind == "pattern":
+        n_keys = max(c.shape[-1] for c in chunks)
+        chunks = [torch.nn.functional.pad(c, (0, n_keys - c.shape[-1])) for c in chunks]
+        return torch.cat(chunks, dim=2)
+    return torch.cat(chunks, dim=1)
+
+
+class _Collector:
+    """Receives every call of one hook point and keeps chunks, a running pool, or writes to disk."""
+
+    def __init__(self, point: HookPoint, pool: str | None, lengths: torch.Tensor | None, device, dtype,
+                 disk: Path | None, index: int) -> None:
+        if pool is not None and point.is_pattern:
+            raise ValueError(f"{point.name}: attention patterns cannot be pooled; cache them with pool=None.")
+        self.point, self.pool, self.lengths = point, pool, lengths
+        self.device, self.dtype, self.disk, self.index = device, dtype, disk, index
+        self.chunks: list = []
+        self.total: torch.Tensor | None = None
+        self.count: torch.Tensor | None = None
+
+    @property
+    def kind(self) -> str:
+        return "pattern" if self.point.is_pattern else "full"
+
+    def __call__(self, act: torch.Tensor, ctx: HookContext) -> None:
+        act = act.detach()
+        if self.pool is None:
+            act = act.to(device=self.device, dtype=self.dtype or act.dtype)
+            if self.disk is not None:
+                fname = f"{self.index:04d}_{_safe(self.point.name)}.{len(self.chunks):05d}.safetensors"
+                _atomic_save({"act": act}, self.disk / fname)
+                self.chunks.append(fname)
+            else:
+                self.chunks.append(act)
+            return
+        # pooled on the fly over valid positions: (batch, pos, ...) -> running (batch, ...)
+        pos = ctx.positions.to(act.device)
+        if self.lengths is not None:
+            valid = pos[None, :] < self.lengths.to(act.device)[:, None]  # (batch, pos)
+        else:
+            valid = torch.ones(act.shape[0], act.shape[1], dtype=torch.bool, device=act.device)
+        shape = valid.shape + (1,) * (act.dim() - 2)
+        v = valid.view(shape)
+        x = act.float()
+        if self.pool == "mean":
+            part = (x * v).sum(dim=1)
+            cnt = valid.sum(dim=1).float()
+            self.total = part if self.total is None else self.total + part
+            self.count = cnt if self.count is None else self.count + cnt
+        else:
+            part = x.masked_fill(~v, float("-inf")).amax(dim=1)
+            self.total = part if self.total is None else torch.maximum(self.total, part)
+
+    def result(self) -> Union[torch.Tensor, list[str]]:
+        if self.pool is None:
+            if self.disk is not None:
+                return self.chunks
+            return _stitch(self.chunks, self.kind) if self.chunks else None
+        if self.total is None:
+            return None
+        if self.pool == "mean":
+            count = self.count.clamp(min=1).view(-1, *([1] * (self.total.dim() - 1)))
+            out = self.total / count
+        else:
+            out = self.total
+        return out.to(device=self.device, dtype=self.dtype or torch.float32)
+
+
+@contextmanager
+def cache_activations(model: Any, names: Union[str, Sequence[str], Callable[[str], bool]] = "*", *,
+                      pool: str | None = None, n_frames: Any = None, n_tokens: Any = None,
+                      device: Union[str, torch.device, None] = "cpu", dtype: torch.dtype | None = None,
+                      to_disk: Union[str, Path, None] = None) -> Iterator[ActivationCache]:
+    """Record the activations at ``names`` during every forward (or ``generate``) inside the ``with`` block.
+
+    Args:
+        model: a :class:`~asrinterp_utils.models.LoadedModel` or Hugging Face Whisper model.
+        names: hook-point names, wildcard patterns (``"dec.*.resid_post"``) or a predicate on names.
+        pool: None (keep positions), ``"mean"`` or ``"max"`` over valid positions, on the fly.
+        n_frames: ``(batch,)`` real encoder frames per clip (``AudioBatch.n_frames``); pooling ignores the rest.
+        n_tokens: ``(batch,)`` real decoder tokens per sequence; pooling ignores positions from there on.
+        device: where to keep the activations (default CPU, so GPU memory is not held); None keeps them where
+            they were computed.
+        dtype: cast to this dtype (e.g. ``torch.float16`` to halve memory).
+        to_disk: a folder: write each full activation to disk as it is computed (memory stays flat).
+
+    The returned cache is filled when the block exits.
+    """
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+    points = resolve_hook_points(model, names)
+    disk = Path(to_disk) if to_disk is not None else None
+    if disk is not None:
+        disk.mkdir(parents=True, exist_ok=True)
+        (disk / "manifest.json").unlink(missing_ok=True)
+    lengths = {"enc": _as_lengths(n_frames), "dec": _as_lengths(n_tokens)}
+    collectors = [_Collector(p, pool, lengths[p.side], device, dtype, disk, i) for i, p in enumerate(points)]
+    cache = ActivationCache(pooled=pool)
+    with HookSession(model) as session:
+        for c in collectors:
+            session.add_reader(c.point, c)
+        yield cache
+    results = {c.point.name: c.result() for c in collectors}
+    results = {k: v for k, v in results.items() if v is not None and (not isinstance(v, list) or v)}
+    if disk is not None and pool is None:
+        kinds = {c.point.name: c.kind for c in collectors}
+        _write_manifest(disk, results, None, {}, kinds)
+        loaded = ActivationCache.load(disk)
+        cache._data.update(loaded._data)
+    else:
+        cache._data.update(results)
+        if disk is not None:
+            cache.save(disk)
+
+
+def _as_lengths(x: Any) -> torch.Tensor | None:
+    if x is None:
+        return None
+    return torch.as_tensor(x).long().flatten()

@@ -1,0 +1,40 @@
+"""Run-time settings shared by the package and the book: fast mode, cache folder, default device.
+
+Every chapter runs in one of two modes. ``make book`` runs the *full* mode (the real tiny.en and base models on
+enough data for the figures to mean something); ``make test`` sets ``ASRINTERP_FAST=1`` and every chapter runs the
+same code on a handful of clips and one model, to prove that it runs. Chapters ask :func:`fast_mode` and nothing
+else.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+FAST_ENV = "ASRINTERP_FAST"
+CACHE_ENV = "ASRINTERP_CACHE"
+
+
+def fast_mode() -> bool:
+    """True when the environment asks for the fast mode (``ASRINTERP_FAST=1``, as ``make test`` sets it)."""
+    return os.environ.get(FAST_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def cache_dir(*parts: str) -> Path:
+    """The package's user cache folder (``$ASRINTERP_CACHE``, else ``$XDG_CACHE_HOME/asrinterp_utils``, else
+    ``~/.cache/asrinterp_utils``), with ``parts`` appended. The folder is created if missing."""
+    root = os.environ.get(CACHE_ENV)
+    if root:
+        base = Path(root)
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        base = (Path(xdg) if xdg else Path.home() / ".cache") / "asrinterp_utils"
+    path = base.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def default_device():
+    """CUDA when available, else CPU (a ``torch.device``)."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
