@@ -1,0 +1,57 @@
+"""Explorers that keep working in the static book.
+
+A published Jupyter Book has no Python kernel: a slider wired to a Python callback renders but does nothing. These
+explorers precompute every view (one image per choice) and switch between them in the browser with
+``ipywidgets.jslink`` between sliders and ``ipywidgets.Stack``, which the saved widget state carries into the page.
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import ipywidgets as widgets
+
+
+def image_explorer(images: Mapping[tuple[int, int], bytes], *, row_name: str = "layer", col_name: str = "head",
+                   title: str = "") -> widgets.VBox:
+    """Two sliders choosing among precomputed PNG images keyed by ``(row, col)`` (e.g. ``(layer, head)``).
+
+    The switching is done by the browser (``jslink`` to nested ``Stack`` widgets), so it works in the static HTML
+    as well as in a live notebook. Rows and columns must form a full grid.
+    """
+    rows = sorted({r for r, _ in images})
+    cols = sorted({c for _, c in images})
+    missing = [(r, c) for r in rows for c in cols if (r, c) not in images]
+    if missing:
+        raise ValueError(f"image_explorer needs a full grid; missing {missing[:5]}")
+    if rows != list(range(len(rows))) or cols != list(range(len(cols))):
+        raise ValueError("image_explorer expects rows and columns numbered 0..n-1 (slider value = stack index)")
+    row_slider = widgets.IntSlider(value=rows[-1], min=rows[0], max=rows[-1], description=row_name,
+                                   continuous_update=True)
+    col_slider = widgets.IntSlider(value=cols[0], min=cols[0], max=cols[-1], description=col_name,
+                                   continuous_update=True)
+    inner = []
+    for r in rows:
+        stack = widgets.Stack([widgets.Image(value=images[(r, c)], format="png") for c in cols],
+                              selected_index=0)
+        widgets.jslink((col_slider, "value"), (stack, "selected_index"))
+        inner.append(stack)
+    outer = widgets.Stack(inner, selected_index=len(rows) - 1)
+    widgets.jslink((row_slider, "value"), (outer, "selected_index"))
+    header = [widgets.HTML(f"<b>{title}</b>")] if title else []
+    return widgets.VBox([*header, widgets.HBox([row_slider, col_slider]), outer])
+
+
+def grid_explorer(render: Callable[[int, int], bytes], n_rows: int, n_cols: int, **kwargs) -> widgets.VBox:
+    """:func:`image_explorer` over ``render(row, col) -> PNG bytes`` for every row in ``range(n_rows)`` and column
+    in ``range(n_cols)``."""
+    return image_explorer({(r, c): render(r, c) for r in range(n_rows) for c in range(n_cols)}, **kwargs)
+
+
+def choice_explorer(images: Sequence[tuple[str, bytes]], *, description: str = "show") -> widgets.VBox:
+    """A dropdown choosing among labelled precomputed images; switching happens in the browser."""
+    labels = [label for label, _ in images]
+    picker = widgets.Dropdown(options=[(label, i) for i, label in enumerate(labels)], value=0,
+                              description=description)
+    stack = widgets.Stack([widgets.Image(value=png, format="png") for _, png in images], selected_index=0)
+    widgets.jslink((picker, "index"), (stack, "selected_index"))
+    return widgets.VBox([picker, stack])

@@ -1,0 +1,55 @@
+"""Figures label their axes and respect true lengths; explorers precompute every view and link it in the browser."""
+from __future__ import annotations
+
+import ipywidgets as ipw
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from asrinterp_utils import plotting, widgets  # noqa: E402
+
+
+def test_cross_attention_heatmap_crops_to_real_frames_and_labels_axes():
+    pattern = np.random.default_rng(0).random((5, 1500))
+    ax = plotting.cross_attention_heatmap(pattern, ["a", "b", "c", "d", "e"], n_frames=100, title="t")
+    assert ax.collections[0].get_array().size == 5 * 100  # only the real frames are drawn
+    assert "s" in ax.get_xlabel() and ax.get_ylabel() and ax.get_title() == "t"
+    assert ax.get_xticklabels()[-1].get_text() == f"{99 * 0.02:.1f}"
+    plt.close("all")
+
+
+def test_figure_to_png_and_token_labels():
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    assert plotting.figure_to_png(fig).startswith(b"\x89PNG")
+
+    class Tok:
+        def decode(self, ids, skip_special_tokens=False):
+            return {1: " hello", 2: "<|endoftext|>", 3: " "}[ids[0]]
+    assert plotting.token_labels(Tok(), [1, 2, 3]) == ["␣hello", "<|endoftext|>", "' '"]
+
+
+def test_image_explorer_links_sliders_to_stacks_in_the_browser():
+    pngs = {(r, c): f"{r}{c}".encode() for r in range(2) for c in range(3)}
+    box = widgets.image_explorer(pngs, title="x")
+    header, sliders, outer = box.children
+    row, col = sliders.children
+    assert isinstance(outer, ipw.Stack) and len(outer.children) == 2 and outer.selected_index == 1
+    assert [img.value for img in outer.children[1].children] == [b"10", b"11", b"12"]
+    links = [w for w in ipw.Widget.widgets.values() if type(w).__name__ == "Link"]
+    linked = {(lk.source[0].model_id, lk.target[0].model_id) for lk in links}
+    assert (row.model_id, outer.model_id) in linked
+    assert all((col.model_id, inner.model_id) in linked for inner in outer.children)
+    with pytest.raises(ValueError, match="full grid"):
+        widgets.image_explorer({(0, 0): b"", (1, 1): b""})
+    with pytest.raises(ValueError, match="numbered 0..n-1"):
+        widgets.image_explorer({(1, 0): b"", (2, 0): b""})
+
+
+def test_choice_explorer():
+    box = widgets.choice_explorer([("a", b"1"), ("b", b"2")])
+    picker, stack = box.children
+    assert picker.options == (("a", 0), ("b", 1)) and len(stack.children) == 2
