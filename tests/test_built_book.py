@@ -1,0 +1,196 @@
+"""Checks on the built book: its pages load nothing from other sites, and the vendored JavaScript is wired in.
+
+These tests look at whatever ``make book`` (``_build/html``) and ``make book-fast`` (``_build/fast/_build/html``)
+left behind and skip when neither exists, so ``make test`` on a fresh clone skips them; ``make book`` runs this
+file after building. ``BOOK_HTML_DIR`` points them at another folder.
+
+Only tags that make the browser fetch something are checked (scripts, stylesheets and other ``<link>`` loads,
+images, media, frames). Plain ``<a href>`` links to other sites, such as the launch buttons, the repository button
+and the references, are navigation and are allowed.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Attributes that make the browser issue a request, per tag.
+FETCHING = {
+    "script": ("src",),
+    "link": ("href",),
+    "img": ("src", "srcset"),
+    "source": ("src", "srcset"),
+    "audio": ("src",),
+    "video": ("src", "poster"),
+    "track": ("src",),
+    "iframe": ("src",),
+    "embed": ("src",),
+    "object": ("data",),
+    "input": ("src",),
+}
+# <link rel=...> values that only describe a relation and fetch nothing.
+NAVIGATION_RELS = {"canonical", "alternate", "author", "help", "license", "next", "prev", "index", "search",
+                   "top", "up", "first", "last", "bookmark", "copyright", "glossary", "start", "contents"}
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+VENDORED = ("require.js", "widgets-assets-path.js", "embed-amd.js")
+CSS_URL = re.compile(r"""(?:url\(\s*['"]?|@import\s+['"])\s*((?:https?:)?//[^'")\s]+)""", re.I)
+
+
+def html_dirs() -> list[Path]:
+    if os.environ.get("BOOK_HTML_DIR"):
+        candidates = [Path(os.environ["BOOK_HTML_DIR"])]
+    else:
+        candidates = [ROOT / "_build" / "html", ROOT / "_build" / "fast" / "_build" / "html"]
+    return [d for d in candidates if (d / "index.html").is_file()]
+
+
+DIRS = html_dirs()
+pytestmark = pytest.mark.skipif(not DIRS, reason="no built book (run `make book` first)")
+
+
+def is_external(url: str) -> bool:
+    url = url.strip()
+    if url.startswith("//"):
+        return True
+    return urlsplit(url).scheme.lower() in {"http", "https", "ftp", "ws", "wss"}
+
+
+class RequestCollector(HTMLParser):
+    """Collects (tag, attribute, url) for every attribute of the page that makes the browser fetch a URL."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.requests: list[tuple[str, str, str]] = []
+        self.script_srcs: list[str] = []
+        self.has_widget_state = False
+        self.uses_mathjax: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attr = {k.lower(): (v or "") for k, v in attrs}
+        if tag == "script":
+            if attr.get("type") == WIDGET_STATE:
+                self.has_widget_state = True
+            if attr.get("src"):
+                self.script_srcs.append(attr["src"])
+                if "mathjax" in attr["src"].lower():
+                    self.uses_mathjax.append(attr["src"])
+        if tag == "link":
+            rels = set(attr.get("rel", "").lower().split())
+            if rels and rels <= NAVIGATION_RELS:
+                return
+        for name in FETCHING.get(tag, ()):
+            value = attr.get(name)
+            if not value:
+                continue
+            urls = [part.strip().split()[0] for part in value.split(",") if part.strip()] if name == "srcset" \
+                else [value]
+            self.requests.extend((tag, name, url) for url in urls)
+        style = attr.get("style", "")
+        self.requests.extend((tag, "style", url) for url in CSS_URL.findall(style))
+
+
+def parse(page: Path) -> RequestCollector:
+    collector = RequestCollector()
+    collector.feed(page.read_text(encoding="utf-8", errors="replace"))
+    return collector
+
+
+def pages(html_dir: Path) -> list[Path]:
+    return sorted(p for p in html_dir.rglob("*.html") if "_static" not in p.relative_to(html_dir).parts)
+
+
+def basename(src: str) -> str:
+    return urlsplit(src).path.rsplit("/", 1)[-1]
+
+
+@pytest.mark.parametrize("html_dir", DIRS, ids=lambda d: str(d.relative_to(ROOT)) if d.is_relative_to(ROOT) else str(d))
+def test_pages_request_nothing_from_other_sites(html_dir: Path) -> None:
+    found = []
+    all_pages = pages(html_dir)
+    assert all_pages, f"no HTML pages in {html_dir}"
+    for page in all_pages:
+        for tag, attr, url in parse(page).requests:
+            if is_external(url):
+                found.append(f"{page.relative_to(html_dir)}: <{tag} {attr}={url!r}>")
+    assert not found, "pages load from other sites (the book must work offline):\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("html_dir", DIRS, ids=lambda d: str(d.relative_to(ROOT)) if d.is_relative_to(ROOT) else str(d))
+def test_stylesheets_import_nothing_from_other_sites(html_dir: Path) -> None:
+    found = []
+    for css in sorted(html_dir.rglob("*.css")):
+        text = css.read_text(encoding="utf-8", errors="replace")
+        found += [f"{css.relative_to(html_dir)}: {url}" for url in CSS_URL.findall(text)]
+    assert not found, "stylesheets load from other sites:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("html_dir", DIRS, ids=lambda d: str(d.relative_to(ROOT)) if d.is_relative_to(ROOT) else str(d))
+def test_vendored_javascript_is_present(html_dir: Path) -> None:
+    static = html_dir / "_static"
+    for name in VENDORED + ("mathjax/tex-mml-chtml.js",):
+        path = static / name
+        assert path.is_file() and path.stat().st_size > 0, f"{path} missing: run scripts/vendor_js.py and rebuild"
+    fonts = list(static.glob("*.woff2"))
+    assert fonts, "the ipywidgets Font Awesome fonts are missing next to embed-amd.js"
+    assert (static / "@jupyter-widgets" / "html-manager" / "dist" / fonts[0].name).is_file()
+
+
+@pytest.mark.parametrize("html_dir", DIRS, ids=lambda d: str(d.relative_to(ROOT)) if d.is_relative_to(ROOT) else str(d))
+def test_widget_pages_use_the_vendored_javascript(html_dir: Path) -> None:
+    widget_pages = 0
+    for page in pages(html_dir):
+        info = parse(page)
+        for src in info.uses_mathjax:
+            assert basename(src) == "tex-mml-chtml.js" and "_static/mathjax/" in src, \
+                f"{page.relative_to(html_dir)} loads MathJax from {src}"
+        if not info.has_widget_state:
+            continue
+        widget_pages += 1
+        names = [basename(s) for s in info.script_srcs]
+        for name in VENDORED:
+            assert name in names, f"{page.relative_to(html_dir)} has widget state but does not load _static/{name}"
+            src = info.script_srcs[names.index(name)]
+            assert not is_external(src) and "_static/" in src, f"{page.relative_to(html_dir)} loads {src}"
+            assert (page.parent / urlsplit(src).path).resolve().is_file(), f"{src} does not exist for {page}"
+        order = [names.index(n) for n in VENDORED]
+        assert order == sorted(order), f"{page.relative_to(html_dir)}: scripts out of order: {VENDORED}"
+    if widget_pages == 0:
+        pytest.skip("no page of this build holds widget state")
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+@pytest.mark.parametrize("html_dir", DIRS, ids=lambda d: str(d.relative_to(ROOT)) if d.is_relative_to(ROOT) else str(d))
+def test_widgets_render_offline_in_a_browser(html_dir: Path) -> None:
+    """Open the first page with widgets in headless Chromium with every host name unresolvable, and check that
+    the HTML manager turned the saved widget state into live widgets."""
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("Chromium is not installed")
+    page = next((p for p in pages(html_dir) if parse(p).has_widget_state), None)
+    if page is None:
+        pytest.skip("no page of this build holds widget state")
+    with tempfile.TemporaryDirectory() as profile:
+        cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+               "--disable-background-networking", "--disable-component-update", "--no-first-run", "--disable-sync",
+               "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={profile}",
+               "--virtual-time-budget=15000", "--dump-dom", page.resolve().as_uri()]
+        dom = subprocess.run(cmd, capture_output=True, text=True, timeout=180).stdout
+    rendered = re.findall(r'<[a-z]+[^>]*\bclass="([^"]*\blm-Widget\b[^"]*)"', dom)
+    assert rendered, f"no rendered widget in {page.relative_to(html_dir)}: the vendored HTML manager did not run"
+    assert not any("jupyter-widgets-error" in c or "widget-error" in c for c in rendered), \
+        f"a widget in {page.relative_to(html_dir)} failed to render: {rendered}"

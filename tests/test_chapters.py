@@ -1,0 +1,77 @@
+"""Execute every chapter of the book in fast mode, the way the book build runs it.
+
+Each chapter in ``chapters/`` (MyST Markdown with a jupytext header, or ``.ipynb``) is read with jupytext and run
+top to bottom with nbclient in a ``python3`` kernel, with ``ASRINTERP_FAST=1`` in the environment and the
+chapter's folder as the working directory. A ``.ipynb`` paired with a ``.md`` of the same name runs once, as the
+``.md``. The executed notebook is written to ``_build/chapter-tests/`` (also when a cell fails) for inspection.
+
+    ASRINTERP_FAST=1 .venv/bin/python -m pytest tests/test_chapters.py            # all chapters
+    ASRINTERP_FAST=1 .venv/bin/python -m pytest tests/test_chapters.py -k 01_     # one chapter
+    .venv/bin/python -m pytest -m "not chapters"                                  # everything else
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+jupytext = pytest.importorskip("jupytext")
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAPTER_DIR = ROOT / "chapters"
+OUT_DIR = ROOT / "_build" / "chapter-tests"
+KERNEL = "python3"
+CELL_TIMEOUT_S = 600
+
+
+def chapter_files() -> list[Path]:
+    md = sorted(CHAPTER_DIR.glob("*.md"))
+    stems = {p.stem for p in md}
+    ipynb = sorted(p for p in CHAPTER_DIR.glob("*.ipynb") if p.stem not in stems)
+    return sorted(md + ipynb)
+
+
+@pytest.fixture
+def fast_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The kernel inherits this process's environment.
+    monkeypatch.setenv("ASRINTERP_FAST", "1")
+    # No interactive backends in a headless kernel.
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+
+
+@pytest.mark.chapters
+def test_python3_kernel_is_this_environment(fast_env: None) -> None:
+    """The ``python3`` kernel must run this interpreter's environment (the project's ``.venv``), not some other
+    Python that happens to have a kernel called python3 registered."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells.append(nbformat.v4.new_code_cell("import os, sys; print(sys.prefix); print(os.environ.get('ASRINTERP_FAST'))"))
+    nbclient.NotebookClient(nb, kernel_name=KERNEL, timeout=120).execute()
+    prefix, fast = nb.cells[0].outputs[0]["text"].split()
+    assert Path(prefix).resolve() == Path(sys.prefix).resolve(), (
+        f"kernel {KERNEL!r} runs {prefix}, the tests run {sys.prefix}: run "
+        f"`{sys.executable} -m ipykernel install --sys-prefix --name {KERNEL}` or remove the stray kernelspec "
+        f"(`jupyter kernelspec list`)"
+    )
+    assert fast == "1"
+
+
+@pytest.mark.chapters
+@pytest.mark.parametrize("path", chapter_files(), ids=lambda p: p.name)
+def test_chapter_runs_in_fast_mode(path: Path, fast_env: None) -> None:
+    nb = jupytext.read(path)
+    client = nbclient.NotebookClient(
+        nb,
+        kernel_name=KERNEL,
+        timeout=CELL_TIMEOUT_S,
+        startup_timeout=120,
+        allow_errors=False,
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    try:
+        client.execute()
+    finally:
+        OUT_DIR.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, OUT_DIR / f"{path.stem}.ipynb")
