@@ -238,9 +238,9 @@ def run_sweep(model: Any, input_features: torch.Tensor, decoder_input_ids: torch
     feats = input_features.to(device=device, dtype=next(hf.parameters()).dtype)
     ids = decoder_input_ids.to(device)
     batch = feats.shape[0]
-    baseline = metric(hf(feats, decoder_input_ids=ids).logits, ids).cpu()
     values = torch.empty(len(targets), batch)
     if method == "naive":
+        baseline = metric(hf(feats, decoder_input_ids=ids).logits, ids).cpu()
         for i, target in enumerate(_progress(targets, progress, "naive sweep")):
             with patch(model, dict(target.interventions)):
                 values[i] = metric(hf(feats, decoder_input_ids=ids).logits, ids).cpu()
@@ -253,6 +253,9 @@ def run_sweep(model: Any, input_features: torch.Tensor, decoder_input_ids: torch
     if decoder_only:
         encoder_out = whisper_core(model).encoder(feats).last_hidden_state  # once for every target
         cross_kv = cross_attention_kv(model, encoder_out)  # once for every target
+        baseline = metric(decoder_logits(model, ids, encoder_out, cross_kv), ids).cpu()
+    else:
+        baseline = metric(hf(feats, decoder_input_ids=ids).logits, ids).cpu()
     chunks = [targets[i:i + batch_size] for i in range(0, len(targets), batch_size)]
     for c, chunk in enumerate(_progress(chunks, progress, "batched sweep")):
         k = len(chunk)
