@@ -29,16 +29,18 @@ def image_explorer(images: Mapping[tuple[int, int], bytes], *, row_name: str = "
                                    continuous_update=True)
     col_slider = widgets.IntSlider(value=cols[0], min=cols[0], max=cols[-1], description=col_name,
                                    continuous_update=True)
-    inner = []
+    inner, links = [], []
     for r in rows:
         stack = widgets.Stack([widgets.Image(value=images[(r, c)], format="png") for c in cols],
                               selected_index=0)
-        widgets.jslink((col_slider, "value"), (stack, "selected_index"))
+        links.append(widgets.jslink((col_slider, "value"), (stack, "selected_index")))
         inner.append(stack)
     outer = widgets.Stack(inner, selected_index=len(rows) - 1)
-    widgets.jslink((row_slider, "value"), (outer, "selected_index"))
+    links.append(widgets.jslink((row_slider, "value"), (outer, "selected_index")))
     header = [widgets.HTML(f"<b>{title}</b>")] if title else []
-    return widgets.VBox([*header, widgets.HBox([row_slider, col_slider]), outer])
+    box = widgets.VBox([*header, widgets.HBox([row_slider, col_slider]), outer])
+    box.links = links  # the browser-side links (ipywidgets.Link), kept for inspection
+    return box
 
 
 def grid_explorer(render: Callable[[int, int], bytes], n_rows: int, n_cols: int, **kwargs) -> widgets.VBox:
