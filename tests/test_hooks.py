@@ -314,3 +314,20 @@ def test_cache_key_error_is_helpful(toy, toy_inputs):
         toy(feats, decoder_input_ids=ids)
     with pytest.raises(KeyError, match="Nearest cached"):
         c["dec.0.mlp_ou"]
+
+
+@torch.no_grad()
+def test_dtype_follows_the_model(toy_inputs):
+    """A half-precision model takes float32 patch values and caches in its own dtype unless told otherwise."""
+    feats, other, ids = toy_inputs
+    half = random_whisper().to(torch.bfloat16)
+    full = random_whisper()  # the same weights in float32
+    with cache_activations(full, "dec.0.mlp_out") as source32:
+        full(other, decoder_input_ids=ids)
+    with patch(half, {"dec.0.mlp_out": replace(source32)}), cache_activations(half, "dec.0.mlp_out") as c:
+        half(feats.bfloat16(), decoder_input_ids=ids)
+    assert c["dec.0.mlp_out"].dtype == torch.bfloat16
+    assert torch.allclose(c["dec.0.mlp_out"].float(), source32["dec.0.mlp_out"], atol=1e-2)
+    with cache_activations(half, "enc.0.resid_post", dtype=torch.float32, pool="mean") as pooled:
+        half(feats.bfloat16(), decoder_input_ids=ids)
+    assert pooled["enc.0.resid_post"].dtype == torch.float32
