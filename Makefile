@@ -22,7 +22,8 @@ TESTS ?= tests
 # Debian packages the chapters use: audio decoding (ffmpeg, sox) and the offline speech bank (Asterisk prompts,
 # PocketSphinx test recordings, espeak-ng and flite voices).
 APT_PACKAGES := ffmpeg sox libsox-fmt-all asterisk-core-sounds-en asterisk-core-sounds-en-g722 \
-                pocketsphinx-testdata espeak-ng flite
+                pocketsphinx-testdata espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k \
+                festvox-us-slt-hts sonic-pi-samples asterisk-moh-opsound-wav
 # Only for screenshots and the in-browser check of the built book (skipped without it). On Ubuntu, chromium is a
 # snap and apt cannot install it in a container: a failure to install it is a warning.
 APT_OPTIONAL := chromium

@@ -1,0 +1,100 @@
+"""The speech bank: named datasets built from a spec, cached, resumable, split by speaker."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from asrinterp_utils.audio import rms
+from asrinterp_utils.data import bank, noise, tts
+
+pytestmark = pytest.mark.skipif(shutil.which("flite") is None or shutil.which("espeak-ng") is None,
+                                reason="needs the espeak-ng and flite Debian packages")
+
+SMALL = bank.BankSpec("small", label="gender", n_texts=2, engines=("espeak-ng", "flite"), fast_n_texts=2,
+                      fast_max_voices=6)
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ASRINTERP_CACHE", str(tmp_path / "cache"))
+
+
+def test_dataset_rows_audio_and_labels():
+    table = bank.speech_dataset(SMALL, fast=True, progress=False)
+    assert len(table) == 6 * 2 and table.voice_id.nunique() == 6
+    assert set(table.gender) == {"female", "male"} and table.speaker.nunique() == 6
+    for column in ("clip_id", "path", "text", "speaker", "gender", "accent", "source", "duration_s", "licence",
+                   "voice_id", "engine", "seed", "split"):
+        assert column in table.columns, column
+    for row in table.itertuples():
+        wave, rate = sf.read(row.path, dtype="float32")
+        assert rate == 16000 and wave.ndim == 1 and abs(len(wave) / 16000 - row.duration_s) < 1e-3
+        assert abs(rms(wave) - bank.TARGET_RMS) < 0.01  # loudness normalised across voices
+    assert not set(table.speaker[table.split == "test"]) & set(table.speaker[table.split == "train"])
+
+
+def test_rebuild_reuses_the_cache_and_a_new_spec_reuses_clips(monkeypatch):
+    first = bank.speech_dataset(SMALL, fast=True, progress=False)
+    calls = []
+    real_synth = tts.synthesize
+    monkeypatch.setattr(tts, "synthesize", lambda *a, **k: calls.append(a) or real_synth(*a, **k))
+    again = bank.speech_dataset(SMALL, fast=True, progress=False)
+    pd.testing.assert_frame_equal(first, again, check_dtype=False)
+    assert calls == []
+    bigger = bank.BankSpec("small", label="gender", n_texts=3, engines=("espeak-ng", "flite"), fast_n_texts=3,
+                           fast_max_voices=6)
+    grown = bank.speech_dataset(bigger, fast=True, progress=False)
+    assert len(grown) == 6 * 3 and len(calls) == 6  # only the new sentence was synthesised
+
+
+def test_interrupted_build_leaves_nothing_half_written_and_resumes(monkeypatch, tmp_path):
+    made = []
+    real_make = bank._make_clip
+
+    def flaky(row, pool):
+        if len(made) >= 4:
+            raise KeyboardInterrupt
+        made.append(row["clip_id"])
+        return real_make(row, pool)
+    monkeypatch.setattr(bank, "_make_clip", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        bank.speech_dataset(SMALL, fast=True, progress=False, workers=1)
+    cache = tmp_path / "cache" / "bank"
+    assert not list(cache.rglob("*.csv")), "no table is written for an unfinished build"
+    assert not [p for p in cache.rglob("*") if p.name.startswith(".") or ".tmp" in p.name]
+    monkeypatch.setattr(bank, "_make_clip", real_make)
+    table = bank.speech_dataset(SMALL, fast=True, progress=False)
+    assert len(table) == 12
+
+
+def test_noise_dataset_hits_the_requested_snr():
+    spec = bank.BankSpec("noisy", label="noisy", n_texts=1, engines=("flite",), snr_db=(10.0, 0.0),
+                         noise_kinds=("white", "pink"), fast_n_texts=1, fast_max_voices=1)
+    table = bank.speech_dataset(spec, fast=True, progress=False)
+    assert len(table) == 1 + 2 * 2 and table.noisy.sum() == 4
+    clean = sf.read(table[~table.noisy].path.iloc[0], dtype="float32")[0]
+    for row in table[table.noisy].itertuples():
+        mixed = sf.read(row.path, dtype="float32")[0]
+        assert abs(noise.measure_snr(clean, mixed) - row.snr_db) < 0.1  # 16-bit wav rounding included
+
+
+def test_speaker_split_is_disjoint_and_stratified():
+    table = pd.DataFrame({"speaker": [f"s{i}" for i in range(10) for _ in range(3)],
+                          "gender": ["female" if i < 5 else "male" for i in range(10) for _ in range(3)]})
+    split = bank.speaker_split(table, stratify="gender", test_fraction=0.4)
+    assert not set(table.speaker[split == "test"]) & set(table.speaker[split == "train"])
+    assert set(table.gender[split == "test"]) == {"female", "male"}
+    assert (split == "test").sum() == 4 * 3
+
+
+def test_named_specs_are_well_formed():
+    assert set(bank.SPECS) == {"transcribed", "gender", "accent", "noise", "semantic"}
+    assert len({s.key() for s in bank.SPECS.values()}) == 5
+    recipe = bank.recipes(bank.SPECS["semantic"], fast=True)
+    assert recipe.category.nunique() >= 5 and recipe.clip_id.is_unique
+    accent = bank.recipes(bank.SPECS["accent"], fast=True)
+    assert accent.accent.nunique() >= 4 and set(accent.engine) == {"espeak-ng"}
