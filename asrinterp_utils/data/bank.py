@@ -42,7 +42,8 @@ import soundfile as sf
 from ..runtime import cache_dir, fast_mode
 
 SAMPLE_RATE = 16_000
-BANK_VERSION = 1  # bump when the way clips are made changes
+BANK_VERSION = 1  # bump when the way clips are made changes (every clip is then remade)
+SPLIT_RULE = "speaker, stratified by gender, 30% test"  # part of each table's cache key
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class BankSpec:
 
     def key(self) -> str:
         """A short hash of the spec (and of the bank's version): the cache key of the dataset's table."""
-        payload = json.dumps({**asdict(self), "bank_version": BANK_VERSION}, sort_keys=True)
+        payload = json.dumps({**asdict(self), "bank_version": BANK_VERSION, "split": SPLIT_RULE}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -291,7 +292,7 @@ def speech_dataset(name: str | BankSpec, *, fast: bool | None = None, rebuild: b
 
     Columns: ``clip_id, path, text, speaker, gender, accent, source, duration_s, licence, voice_id, engine, seed,
     noise, snr_db, noisy, split`` and the dataset's own (``word``, ``category`` for ``semantic``). ``split`` is
-    ``train``/``test`` by speaker identity (:func:`speaker_split`).
+    ``train``/``test`` by speaker identity, stratified by gender (:func:`speaker_split`).
     """
     spec = SPECS[name] if isinstance(name, str) else name
     fast = fast_mode() if fast is None else fast
@@ -317,7 +318,7 @@ def speech_dataset(name: str | BankSpec, *, fast: bool | None = None, rebuild: b
     table["duration_s"] = durations
     table["path"] = [str(_clip_path(c)) for c in table.clip_id]
     table["sample_rate"] = SAMPLE_RATE
-    table["split"] = speaker_split(table, seed=spec.seed)
+    table["split"] = speaker_split(table, seed=spec.seed, stratify="gender")
     tmp = table_path.with_name(f".{table_path.name}.{os.getpid()}.tmp")
     table.to_csv(tmp, index=False)
     os.replace(tmp, table_path)
