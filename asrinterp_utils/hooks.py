@@ -480,7 +480,7 @@ class HookSession:
             self._dec_positions = position_ids[0].detach().long().cpu()
             return None
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        start = cache.get_seq_length() if cache is not None and kwargs.get("use_cache", True) is not False else 0
+        start = cache.get_seq_length() if cache is not None else 0  # as the decoder computes its positions
         self._dec_positions = torch.arange(int(start), int(start) + n)
         return None
 
