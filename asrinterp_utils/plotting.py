@@ -4,7 +4,6 @@ from __future__ import annotations
 import io
 from typing import Sequence
 
-import matplotlib
 
 import matplotlib.pyplot as plt
 import numpy as np

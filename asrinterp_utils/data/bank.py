@@ -29,9 +29,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -222,9 +221,9 @@ def _clip_path(clip_id: str) -> Path:
 
 
 def _write_wav(path: Path, wave: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp.wav")  # unique per writer (threads too)
-    sf.write(tmp, np.clip(wave, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16")
-    os.replace(tmp, path)
+    from .real import write_wav_atomic  # unique temporary name per writer (threads too)
+
+    write_wav_atomic(path, np.clip(wave, -1.0, 1.0))
 
 
 TARGET_RMS = 0.05

@@ -55,7 +55,7 @@ import soundfile as sf
 
 from ..audio import SAMPLE_RATE, load_audio, rms, to_whisper_audio
 from ..runtime import cache_dir
-from .real import MissingDependencyError, _build_lock, _dpkg_files, _missing, _tmp_name
+from .real import MissingDependencyError, _build_lock, _dpkg_files, _missing, write_wav_atomic
 
 __all__ = [
     "GENERATED_KINDS",
@@ -283,13 +283,8 @@ def _decoded(noise_id: str) -> np.ndarray:
         for old in root.glob(f"{stem}.*.wav"):  # earlier versions of the source
             if old != dst:
                 old.unlink(missing_ok=True)
-        tmp = _tmp_name(dst)
-        try:
-            # float wav: no requantisation of quiet material, and read back bit-exactly
-            sf.write(str(tmp), x, SAMPLE_RATE, subtype="FLOAT", format="WAV")
-            os.replace(tmp, dst)
-        finally:
-            tmp.unlink(missing_ok=True)
+        # float wav: no requantisation of quiet material, and read back bit-exactly
+        write_wav_atomic(dst, x, subtype="FLOAT")
     return x
 
 

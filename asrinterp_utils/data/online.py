@@ -56,7 +56,7 @@ import soundfile as sf
 
 from ..audio import SAMPLE_RATE, AudioError, _read_with_ffmpeg, to_whisper_audio
 from ..runtime import cache_dir
-from .real import COLUMNS, MissingDependencyError, _atomic_write_text, _build_lock, _count_words, _tmp_name
+from .real import COLUMNS, MissingDependencyError, _atomic_write_text, _build_lock, _count_words, write_wav_atomic
 
 __all__ = [
     "ACCENTED_CORPORA",
@@ -549,12 +549,7 @@ def _write_wav(path: Path, x: np.ndarray) -> int:
     except (OSError, RuntimeError, sf.LibsndfileError):
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
-        sf.write(str(tmp), np.clip(x, -1.0, 32767 / 32768), SAMPLE_RATE, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_wav_atomic(path, np.clip(x, -1.0, 32767 / 32768))
     return len(x)
 
 

@@ -189,6 +189,18 @@ def _tmp_name(final: Path) -> Path:
     return final.with_name(f".{final.stem}.{uuid.uuid4().hex[:12]}{_TMP_SUFFIX}")
 
 
+def write_wav_atomic(path: Path, samples: np.ndarray, subtype: str = "PCM_16") -> None:
+    """Write 16 kHz mono ``samples`` to ``path`` through a hidden temporary file in the same folder, renamed when
+    complete: a reader never sees a half-written wav, and an interrupted writer leaves only a stray temp file
+    that the next build removes."""
+    tmp = _tmp_name(Path(path))
+    try:
+        sf.write(str(tmp), samples, SAMPLE_RATE, subtype=subtype, format="WAV")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _remove_stray_temps(root: Path) -> int:
     n = 0
     for p in root.rglob(f".*{_TMP_SUFFIX}"):
@@ -635,13 +647,7 @@ def _raw_to_wav(src: Path, dst: Path) -> None:
     except (OSError, RuntimeError, sf.LibsndfileError):
         pass
     dst.parent.mkdir(parents=True, exist_ok=True)
-    data = np.fromfile(src, dtype="<i2")
-    tmp = _tmp_name(dst)
-    try:
-        sf.write(str(tmp), data, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_wav_atomic(dst, np.fromfile(src, dtype="<i2"))
 
 
 def pocketsphinx_clips() -> pd.DataFrame:

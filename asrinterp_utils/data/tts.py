@@ -80,7 +80,7 @@ import soundfile as sf
 
 from ..audio import resample
 from ..runtime import cache_dir
-from .real import COLUMNS, SAMPLE_RATE, MissingDependencyError, _build_lock, _missing, _tmp_name
+from .real import COLUMNS, SAMPLE_RATE, MissingDependencyError, _build_lock, _missing, write_wav_atomic
 
 __all__ = [
     "ACCENTS",
@@ -542,15 +542,6 @@ def _to_16k_int16(path: Path) -> np.ndarray:
     return np.clip(np.round(np.asarray(y, dtype=np.float64) * 32768.0), -32768, 32767).astype(np.int16)
 
 
-def _write_wav_atomic(samples: np.ndarray, final: Path) -> None:
-    tmp = _tmp_name(final)
-    try:
-        sf.write(str(tmp), samples, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def synthesize(text: str, voice: Voice | str, out_path, *, seed: int = 0,
                words_per_minute: float | None = None) -> float:
     """Speak ``text`` with ``voice`` into ``out_path`` (16 kHz mono 16-bit wav) and return its duration in seconds.
@@ -570,7 +561,7 @@ def synthesize(text: str, voice: Voice | str, out_path, *, seed: int = 0,
         raw = Path(scratch) / "engine.wav"
         _synth_raw(v, text, raw, Path(scratch), seed=int(seed), wpm=words_per_minute)
         samples = _to_16k_int16(raw)
-    _write_wav_atomic(samples, final)
+    write_wav_atomic(final, samples)
     return len(samples) / SAMPLE_RATE
 
 
