@@ -218,12 +218,16 @@ class LoadedModel:
         return [int(i) for i in self.tokenizer.convert_tokens_to_ids(tokens)]
 
     @torch.no_grad()
-    def generate_ids(self, audio_list: Sequence[np.ndarray], max_new_tokens: int = 128) -> torch.LongTensor:
+    def generate_ids(self, audio_list: Sequence[np.ndarray] | None, max_new_tokens: int = 128, *,
+                     encoder_states: torch.Tensor | None = None) -> torch.LongTensor:
         """Greedy decoding (English, no timestamps), prompt included.
 
         Args:
-            audio_list: clips, each a 1-D float32 array ``(n_samples,)`` at 16 kHz, at most 30 s.
+            audio_list: clips, each a 1-D float32 array ``(n_samples,)`` at 16 kHz, at most 30 s; or None with
+                ``encoder_states``.
             max_new_tokens: most tokens to generate after the prompt (``len(prompt) + max_new_tokens <= 448``).
+            encoder_states: ``(batch, 1500, d_model)``: decode from these instead of the encoder's output (the
+                encoder lens feeds an intermediate layer's states here).
 
         Returns:
             ``LongTensor (batch, len(prompt) + n_new)`` on the CPU: :meth:`prompt_ids`, the generated text tokens,
@@ -236,9 +240,16 @@ class LoadedModel:
         if not 1 <= max_new_tokens <= room:
             raise ValueError(f"max_new_tokens must be between 1 and {room} (the decoder holds {self.dims.n_text_ctx} "
                              f"positions, the prompt uses {self.dims.n_text_ctx - room}); got {max_new_tokens}.")
-        input_features, _ = self.features(audio_list)
         kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                       return_timestamps=False)
+        if encoder_states is not None:
+            from transformers.modeling_outputs import BaseModelOutput
+
+            input_features = None
+            kwargs["encoder_outputs"] = BaseModelOutput(
+                last_hidden_state=encoder_states.to(device=self.device, dtype=self.dtype))
+        else:
+            input_features, _ = self.features(audio_list)
         if self.dims.multilingual:
             kwargs.update(language="en", task="transcribe")
         with _quiet_transformers():
