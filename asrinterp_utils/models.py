@@ -245,7 +245,10 @@ class LoadedModel:
         if encoder_states is not None:
             from transformers.modeling_outputs import BaseModelOutput
 
-            input_features = None
+            # Whisper's generate loop indexes input_features even when encoder_outputs are given; zeros of the
+            # right shape keep it on its short-form path, and the encoder is not run (encoder_outputs win)
+            input_features = torch.zeros(len(encoder_states), self.dims.n_mels, 2 * self.dims.n_audio_ctx,
+                                         device=self.device, dtype=self.dtype)
             kwargs["encoder_outputs"] = BaseModelOutput(
                 last_hidden_state=encoder_states.to(device=self.device, dtype=self.dtype))
         else:

@@ -58,3 +58,19 @@ def test_encoder_lens_last_layer_reproduces_the_transcript():
     result = lens.logit_lens(lm, feats, lm.generate_ids(waves))
     agreement = result.per_layer().top1_agreement
     assert agreement.iloc[-1] == 1.0 and agreement.iloc[0] < agreement.iloc[-1]
+
+
+@pytest.mark.real
+def test_decoding_from_given_encoder_states_equals_normal_decoding():
+    """generate_ids(encoder_states=...) on the encoder's own output reproduces generate_ids(audio), for the
+    English-only and the multilingual model (the encoder lens rests on this)."""
+    from asrinterp_utils.data import asterisk_prompts, clip_audio
+    from asrinterp_utils.models import load_model
+
+    waves = [clip_audio(p) for p in asterisk_prompts(min_words=6, max_duration_s=6, progress=False).path[2:4]]
+    for name in ("tiny.en", "base"):
+        lm = load_model(name)
+        feats, _ = lm.features(waves)
+        with torch.no_grad():
+            states = lm.model.model.encoder(feats).last_hidden_state
+        assert torch.equal(lm.generate_ids(None, encoder_states=states), lm.generate_ids(waves)), name
