@@ -129,6 +129,12 @@ def whisper_core(model: Any) -> nn.Module:
     return m
 
 
+def hf_model(model: Any) -> nn.Module:
+    """The Hugging Face ``WhisperForConditionalGeneration`` (with ``proj_out``) of a :class:`LoadedModel`, or the
+    model itself."""
+    return model if hasattr(model, "proj_out") else getattr(model, "model", model)
+
+
 def all_hook_points(model: Any) -> list[HookPoint]:
     """Every hook point of ``model``, encoder first, in forward order within a layer."""
     core = whisper_core(model)

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from .cache import cache_activations
-from .hooks import whisper_core
+from .hooks import hf_model, whisper_core
 
 
 @dataclass
@@ -77,8 +77,7 @@ def lens_logits(model: Any, residual: torch.Tensor) -> torch.Tensor:
     """Residual vectors ``(..., d_model)`` through the final decoder LayerNorm (statistics of each vector itself) and
     the tied unembedding: ``(..., vocab)``."""
     core = whisper_core(model)
-    hf = getattr(model, "model", model) if not hasattr(model, "proj_out") else model
-    return hf.proj_out(core.decoder.layer_norm(residual))
+    return hf_model(model).proj_out(core.decoder.layer_norm(residual))
 
 
 @torch.no_grad()
@@ -89,7 +88,7 @@ def logit_lens(model: Any, input_features: torch.Tensor, decoder_input_ids: torc
     One forward pass caches the residual stream; the lens of each layer is then one LayerNorm and one matrix
     product, computed layer by layer so that memory stays at one ``(batch, tokens, vocab)`` tensor.
     """
-    hf = getattr(model, "model", model) if not hasattr(model, "proj_out") else model
+    hf = hf_model(model)
     n = len(whisper_core(model).decoder.layers)
     names = ["dec.0.resid_pre"] + [f"dec.{i}.resid_post" for i in range(n)]
     device = next(hf.parameters()).device

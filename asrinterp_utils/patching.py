@@ -28,7 +28,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from transformers.modeling_utils import AttentionInterface
 from transformers.models.whisper.modeling_whisper import eager_attention_forward
 
-from .hooks import Intervention, patch, replace, resolve_hook_points, whisper_core, zero
+from .hooks import Intervention, hf_model, patch, replace, resolve_hook_points, whisper_core, zero
 
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``metric(logits (N, tokens, vocab), decoder_input_ids (N, tokens)) -> (N,)``."""
@@ -183,7 +183,7 @@ def decoder_logits(model: Any, decoder_input_ids: torch.Tensor, encoder_out: tor
     """Decoder forward from a precomputed encoder output; with ``cross_kv`` the cross-attention keys and values are
     read from it (its batch may divide the decoder batch: copies share it). Returns logits ``(N, tokens, vocab)``."""
     core = whisper_core(model)
-    proj_out = getattr(_hf(model), "proj_out", None)
+    proj_out = getattr(hf_model(model), "proj_out", None)
     if cross_kv is None:
         hidden = core.decoder(input_ids=decoder_input_ids, encoder_hidden_states=encoder_out,
                               use_cache=False).last_hidden_state
@@ -202,10 +202,6 @@ def decoder_logits(model: Any, decoder_input_ids: torch.Tensor, encoder_out: tor
 # ---------------------------------------------------------------------------------------------------------------
 # Sweeps
 # ---------------------------------------------------------------------------------------------------------------
-
-def _hf(model: Any) -> torch.nn.Module:
-    return getattr(model, "model", model) if not hasattr(model, "proj_out") else model
-
 
 def _batched_interventions(chunk: Sequence[PatchTarget], batch: int) -> dict[str, list[Intervention]]:
     """The interventions of K targets, each restricted to its own rows of a K * batch stack."""
@@ -233,7 +229,7 @@ def run_sweep(model: Any, input_features: torch.Tensor, decoder_input_ids: torch
         batch_size: targets stacked per forward (the forward's batch is ``batch_size * batch``).
         method: ``"batched"`` (default) or ``"naive"`` (one full forward per target: the reference).
     """
-    hf = _hf(model)
+    hf = hf_model(model)
     device = next(hf.parameters()).device
     feats = input_features.to(device=device, dtype=next(hf.parameters()).dtype)
     ids = decoder_input_ids.to(device)
