@@ -11,8 +11,12 @@ final top-1 token at that layer and every later one (following the LLM literatur
 not known).
 
 **Encoder lens.** Feed encoder layer ``l``'s output (through the final encoder LayerNorm by default, since that is
-what the decoder was trained to read) to the decoder in place of the last layer's, and generate. All layers of one
-clip are decoded together as one batch.
+what the decoder was trained to read) to the decoder in place of the last layer's, and generate. All layers of a
+batch of clips are decoded together as one batch.
+
+**Tuned lens** (beyond the paper). A learned affine translator per decoder layer, fitted to minimise the KL
+divergence to the final distribution on held-out speakers (:func:`fit_tuned_lens`), compared with the logit lens
+layer by layer (:func:`compare_lenses`).
 """
 from __future__ import annotations
 
@@ -81,25 +85,58 @@ def lens_logits(model: Any, residual: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def logit_lens(model: Any, input_features: torch.Tensor, decoder_input_ids: torch.Tensor, *, top_k: int = 5
-               ) -> LogitLensResult:
+def logit_lens(model: Any, input_features: torch.Tensor, decoder_input_ids: torch.Tensor, *, top_k: int = 5,
+               translator: "TunedLens | None" = None, **model_inputs: Any) -> LogitLensResult:
     """Logit lens over every decoder layer and position, teacher-forced on ``decoder_input_ids`` ``(batch, tokens)``.
+
+    With ``translator`` (a fitted :class:`TunedLens`) each layer's residual first goes through its learned affine
+    map: the tuned lens, with the same statistics.
 
     One forward pass caches the residual stream; the lens of each layer is then one LayerNorm and one matrix
     product, computed layer by layer so that memory stays at one ``(batch, tokens, vocab)`` tensor.
     """
+    from .audio_llm import audio_llm_logit_lens, is_audio_llm
+
+    if is_audio_llm(model):
+        if translator is not None:
+            raise ValueError("the tuned lens is fitted for Whisper decoders only")
+        return audio_llm_logit_lens(model, decoder_input_ids, input_features, top_k=top_k, **model_inputs)
+    if model_inputs:
+        raise TypeError(f"unexpected arguments for a Whisper model: {sorted(model_inputs)}")
     hf = hf_model(model)
     n = len(whisper_core(model).decoder.layers)
     names = ["dec.0.resid_pre"] + [f"dec.{i}.resid_post" for i in range(n)]
     device = next(hf.parameters()).device
     with cache_activations(model, names, device=None) as cache:
         final_logits = hf(input_features.to(device), decoder_input_ids=decoder_input_ids.to(device)).logits
+
+    def layer_logits(layer: int, name: str) -> torch.Tensor:
+        residual = cache[name]
+        if translator is not None:
+            residual = translator(layer, residual.to(next(translator.parameters()).device))
+        return lens_logits(model, residual)
+
+    return lens_statistics(final_logits, [lambda l=layer, n=name: layer_logits(l, n)
+                                          for layer, name in enumerate(names[:-1])], top_k=top_k)
+
+
+@torch.no_grad()
+def lens_statistics(final_logits: torch.Tensor, layer_logits: Sequence[Any], *, top_k: int = 5) -> LogitLensResult:
+    """The per-layer statistics of a lens, for any model: the shared core of :func:`logit_lens` and the audio-LLM
+    lens.
+
+    Args:
+        final_logits: ``(batch, tokens, vocab)``, the model's own output (the last lens layer).
+        layer_logits: one callable per earlier lens layer ``l``; each returns ``(batch, tokens, vocab)`` logits and
+            is called once, in order, so that only one layer's logits are in memory at a time.
+        top_k: how many top tokens to keep per position.
+    """
     final_logp = torch.log_softmax(final_logits.float(), dim=-1)
     final_p = final_logp.exp()
     final_ids = final_logits.argmax(-1)
     out = {k: [] for k in ("top_ids", "top_probs", "final_prob", "final_rank", "kl", "entropy", "agrees")}
-    for layer, name in enumerate(names):
-        logits = final_logits if layer == n else lens_logits(model, cache[name])  # the last layer IS the output
+    for logits_fn in [*layer_logits, lambda: final_logits]:  # the last layer IS the output
+        logits = logits_fn()
         logp = torch.log_softmax(logits.float(), dim=-1)
         p = logp.exp()
         top = p.topk(top_k, dim=-1)
@@ -115,31 +152,397 @@ def logit_lens(model: Any, input_features: torch.Tensor, decoder_input_ids: torc
 
 
 @torch.no_grad()
-def encoder_lens(lm: Any, audio_list: Sequence[np.ndarray], *, layers: Sequence[int] | None = None,
-                 apply_final_norm: bool = True, max_new_tokens: int = 64) -> pd.DataFrame:
+def encoder_lens(lm: Any, audio_list: Sequence[np.ndarray], references: Sequence[str] | None = None, *,
+                 layers: Sequence[int] | None = None, apply_final_norm: bool = True, max_new_tokens: int = 96,
+                 clips_per_batch: int = 4, progress: bool = True) -> pd.DataFrame:
     """Transcribe every clip from every encoder layer's output.
+
+    The encoder runs once per batch of clips with every layer's output cached; the decoder then decodes all
+    ``clips x layers`` states of the batch together, greedily (:meth:`~asrinterp_utils.models.LoadedModel.
+    decode_greedy`: the same tokens whatever the batch size, timestamp tokens suppressed).
 
     Args:
         lm: a :class:`~asrinterp_utils.models.LoadedModel`.
         audio_list: clips, 16 kHz mono float32.
+        references: the clips' reference texts; adds ``wer``, ``kind`` (:func:`~asrinterp_utils.metrics.
+            transcript_kind`) and ``repetitive`` columns.
         layers: encoder layers to read (default all; the last one reproduces the normal transcript).
         apply_final_norm: pass the layer's output through the final encoder LayerNorm first (default True).
         max_new_tokens: cap per transcript (intermediate layers can loop).
+        clips_per_batch: clips whose layers are decoded in one batch (decoder batch = clips x layers).
 
-    Returns a DataFrame with ``clip, layer, transcript``; all layers of one clip are decoded as one batch.
+    Returns a DataFrame, one row per clip and layer: ``clip, layer, transcript, n_tokens, hit_limit`` (the transcript
+    was cut at ``max_new_tokens``), and with references ``wer, kind, repetitive``.
     """
+    from tqdm.auto import tqdm
+
+    from .metrics import is_repetitive, transcript_kind, word_error_rate
+
     core = whisper_core(lm)
     n = len(core.encoder.layers)
     layers = list(range(n)) if layers is None else list(layers)
+    bad = [layer for layer in layers if not 0 <= layer < n]
+    if bad:
+        raise ValueError(f"encoder layers must be in 0..{n - 1} for this model ({n} encoder layers); got {bad}")
+    if references is not None and len(references) != len(audio_list):
+        raise ValueError(f"{len(references)} references for {len(audio_list)} clips")
+    names = [f"enc.{i}.resid_post" for i in layers]
+    n_prompt = len(lm.prompt_ids())
+    end_of_text = int(lm.model.generation_config.eos_token_id)
     rows = []
-    for clip, wave in enumerate(audio_list):
-        feats, _ = lm.features([wave])
-        with cache_activations(lm, [f"enc.{i}.resid_post" for i in layers], device=None) as cache:
+    for start in tqdm(range(0, len(audio_list), clips_per_batch), desc="encoder lens", disable=not progress):
+        batch = list(audio_list[start:start + clips_per_batch])
+        feats, _ = lm.features(batch)
+        with cache_activations(lm, names, device=None) as cache:
             core.encoder(feats)
-        states = torch.cat([cache[f"enc.{i}.resid_post"] for i in layers])  # (layers, 1500, d_model)
+        states = torch.stack([cache[name] for name in names], dim=1)  # (clips, layers, 1500, d_model)
+        states = states.flatten(0, 1)
         if apply_final_norm:
             states = core.encoder.layer_norm(states)
-        ids = lm.generate_ids(None, max_new_tokens=max_new_tokens, encoder_states=states)
-        texts = lm.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        rows += [{"clip": clip, "layer": layer, "transcript": text.strip()} for layer, text in zip(layers, texts)]
+        ids = lm.decode_greedy(states, max_new_tokens=max_new_tokens)[:, n_prompt:]
+        for k, row_ids in enumerate(ids.tolist()):
+            clip, layer = start + k // len(layers), layers[k % len(layers)]
+            n_tokens = row_ids.index(end_of_text) if end_of_text in row_ids else len(row_ids)
+            text = lm.tokenizer.decode(row_ids[:n_tokens], skip_special_tokens=True).strip()
+            row = {"clip": clip, "layer": layer, "transcript": text, "n_tokens": n_tokens,
+                   "hit_limit": end_of_text not in row_ids}
+            if references is not None:
+                ref = references[clip]
+                row.update(wer=word_error_rate(ref, text), kind=transcript_kind(ref, text),
+                           repetitive=is_repetitive(text))
+            rows.append(row)
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The logit lens over a corpus, token by token
+# ---------------------------------------------------------------------------------------------------------------
+
+FUNCTION_WORDS = frozenset("""
+a an the and or but nor so yet if then than because as of at by for from in into on onto to up down out off over
+under with without about above below between through during before after again once here there when where why how
+all any both each few more most other some such no not only own same too very can will just should would could
+may might must shall do does did doing done be is am are was were been being have has had having i me my mine
+myself we us our ours you your yours he him his she her hers it its they them their theirs what which who whom
+this that these those while until against further s t don isn aren wasn weren let's it's i'm you're that's there's
+""".split())
+"""English function words (articles, pronouns, prepositions, conjunctions, auxiliaries), for splitting tokens into
+content and function words. A choice of this book, close to common stop-word lists."""
+
+TOKEN_KINDS = ("content", "function", "continuation", "digit", "punctuation")
+
+
+def token_kinds(tokenizer: Any, text_ids: Sequence[int]) -> pd.DataFrame:
+    """One row per text token of one transcript: ``token`` (its text), ``word`` (the normalised word it belongs
+    to), ``word_initial`` (it starts a word), ``digit``, ``punctuation``, ``function_word`` and one ``kind`` from
+    :data:`TOKEN_KINDS` (first that applies: punctuation, digit, continuation, function, content).
+
+    A token starts a word when its text begins with a space, or it is the first token, or the previous token was
+    punctuation."""
+    pieces = [tokenizer.decode([int(i)]) for i in text_ids]
+    rows, word_of, current = [], [], -1
+    for i, piece in enumerate(pieces):
+        stripped = piece.strip()
+        punct = bool(stripped) and not any(ch.isalnum() for ch in stripped)
+        initial = i == 0 or piece.startswith(" ") or (rows and rows[-1]["punctuation"]) or punct
+        if initial:
+            current += 1
+        word_of.append(current)
+        rows.append({"token": piece, "word_initial": bool(initial), "punctuation": punct,
+                     "digit": any(ch.isdigit() for ch in stripped)})
+    words: dict[int, str] = {}
+    for w, piece in zip(word_of, pieces):
+        words[w] = words.get(w, "") + piece
+    for row, w in zip(rows, word_of):
+        word = "".join(ch for ch in words[w].strip().lower() if ch.isalnum() or ch == "'")
+        row["word"] = word
+        row["function_word"] = word in FUNCTION_WORDS
+        row["kind"] = ("punctuation" if row["punctuation"] else "digit" if row["digit"] else
+                       "continuation" if not row["word_initial"] else
+                       "function" if row["function_word"] else "content")
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class CorpusLens:
+    """The logit lens over many clips, teacher-forced on each model's own greedy transcript.
+
+    ``tokens``: one row per predicted text token (``clip``, ``position`` of the prediction, ``token_id``, the
+    columns of :func:`token_kinds`, ``saturation_layer``); ``layers``: long form, one row per (token, lens layer):
+    ``token_row`` (index into ``tokens``), ``layer``, ``top1_agreement``, ``kl_to_final``, ``final_token_prob``,
+    ``final_token_rank``, ``entropy``, and ``lens_token`` (the lens's top-1 token id). ``transcripts``: per clip.
+    """
+
+    tokens: pd.DataFrame
+    layers: pd.DataFrame
+    transcripts: list[str]
+    n_lens_layers: int
+
+    def layer_summary(self, by: str | None = None) -> pd.DataFrame:
+        """Mean agreement, KL, final-token probability and entropy per lens layer (and per ``by`` column of
+        ``tokens``, e.g. ``"kind"``), with the number of tokens."""
+        table = self.layers
+        keys = ["layer"]
+        if by is not None:
+            table = table.assign(**{by: self.tokens[by].to_numpy()[table.token_row.to_numpy()]})
+            keys = [by, "layer"]
+        return (table.groupby(keys).agg(top1_agreement=("top1_agreement", "mean"),
+                                        kl_to_final=("kl_to_final", "mean"),
+                                        final_token_prob=("final_token_prob", "mean"),
+                                        entropy=("entropy", "mean"), n_tokens=("token_row", "size"))
+                .reset_index())
+
+
+@torch.no_grad()
+def corpus_logit_lens(lm: Any, audio_list: Sequence[np.ndarray], *, batch_size: int = 8, max_new_tokens: int = 96,
+                      translator: "TunedLens | None" = None, progress: bool = True) -> CorpusLens:
+    """Transcribe each clip greedily, then run :func:`logit_lens` teacher-forced on that transcript, in batches.
+
+    The positions kept are those that predict a text token of the transcript (the prediction of ``<|endoftext|>``
+    and the padding after it are dropped), so ``final_ids`` is the generated token itself.
+    """
+    from tqdm.auto import tqdm
+
+    n_prompt = len(lm.prompt_ids())
+    end_of_text = int(lm.model.generation_config.eos_token_id)
+    token_rows, layer_rows, transcripts = [], [], []
+    n_lens = len(whisper_core(lm).decoder.layers) + 1
+    starts = range(0, len(audio_list), batch_size)
+    for start in tqdm(starts, desc="logit lens", disable=not progress):
+        batch = list(audio_list[start:start + batch_size])
+        ids = lm.generate_ids(batch, max_new_tokens=max_new_tokens)
+        feats, _ = lm.features(batch)
+        result = logit_lens(lm, feats, ids, top_k=1, translator=translator)
+        saturation = result.saturation_layer()
+        for row in range(len(batch)):
+            clip = start + row
+            text_ids = ids[row, n_prompt:].tolist()
+            n_text = text_ids.index(end_of_text) if end_of_text in text_ids else len(text_ids)
+            text_ids = text_ids[:n_text]
+            transcripts.append(lm.tokenizer.decode(text_ids, skip_special_tokens=True).strip())
+            if not text_ids:
+                continue
+            kinds = token_kinds(lm.tokenizer, text_ids)
+            for j, token_id in enumerate(text_ids):
+                pos = n_prompt - 1 + j  # this position's prediction is text token j
+                token_row = len(token_rows)
+                token_rows.append({"clip": clip, "position": pos, "token_id": token_id, **kinds.iloc[j].to_dict(),
+                                   "saturation_layer": int(saturation[row, pos])})
+                for layer in range(result.n_layers):
+                    layer_rows.append({"token_row": token_row, "layer": layer,
+                                       "top1_agreement": bool(result.agrees[layer, row, pos]),
+                                       "kl_to_final": float(result.kl[layer, row, pos]),
+                                       "final_token_prob": float(result.final_prob[layer, row, pos]),
+                                       "final_token_rank": int(result.final_rank[layer, row, pos]),
+                                       "entropy": float(result.entropy[layer, row, pos]),
+                                       "lens_token": int(result.top_ids[layer, row, pos, 0])})
+    return CorpusLens(pd.DataFrame(token_rows), pd.DataFrame(layer_rows), transcripts, n_lens)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The tuned lens (beyond the paper): a learned affine translator per decoder layer
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DecoderResiduals:
+    """The decoder residual stream at every lens layer, at the positions that predict a transcript's tokens.
+
+    ``residuals``: ``(lens_layers, n_positions, d_model)`` float32 on the CPU (lens layer 0 = embeddings, the last =
+    the final block's output, whose lens is the model's logits); ``clip``: ``(n_positions,)``, which clip each
+    position came from; ``target_ids``: ``(n_positions,)``, the token that follows in the teacher-forced text.
+    """
+
+    residuals: torch.Tensor
+    clip: torch.Tensor
+    target_ids: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.residuals.shape[1]
+
+    def subset(self, clips: Sequence[int]) -> "DecoderResiduals":
+        """The positions of the given clips only (e.g. a train or test split)."""
+        keep = torch.isin(self.clip, torch.as_tensor(list(clips), dtype=self.clip.dtype))
+        return DecoderResiduals(self.residuals[:, keep], self.clip[keep], self.target_ids[keep])
+
+
+@torch.no_grad()
+def decoder_residuals(lm: Any, audio_list: Sequence[np.ndarray], texts: Sequence[str] | None = None, *,
+                      batch_size: int = 8, max_new_tokens: int = 96, progress: bool = True) -> DecoderResiduals:
+    """Collect :class:`DecoderResiduals`, teacher-forced on ``texts`` (e.g. references: one forward pass per batch)
+    or, if None, on the model's own greedy transcripts. Every position from the prompt's last token to the one
+    predicting ``<|endoftext|>`` is kept."""
+    from tqdm.auto import tqdm
+
+    n = len(whisper_core(lm).decoder.layers)
+    names = ["dec.0.resid_pre"] + [f"dec.{i}.resid_post" for i in range(n)]
+    prompt = lm.prompt_ids()
+    end_of_text = int(lm.model.generation_config.eos_token_id)
+    residuals, clips, targets = [], [], []
+    for start in tqdm(range(0, len(audio_list), batch_size), desc="decoder residuals", disable=not progress):
+        batch = list(audio_list[start:start + batch_size])
+        if texts is None:
+            ids = lm.generate_ids(batch, max_new_tokens=max_new_tokens)
+            rows = []
+            for row in ids[:, len(prompt):].tolist():
+                cut = row.index(end_of_text) if end_of_text in row else len(row)
+                rows.append(row[:cut])
+        else:
+            rows = [lm.tokenizer.encode(" " + t.strip(), add_special_tokens=False)[:max_new_tokens]
+                    for t in texts[start:start + batch_size]]
+        width = max(len(r) for r in rows) + 1
+        ids = torch.tensor([prompt + r + [end_of_text] * (width - len(r)) for r in rows])
+        feats, _ = lm.features(batch)
+        with cache_activations(lm, names, device="cpu", dtype=torch.float32) as cache:
+            hf_model(lm)(feats, decoder_input_ids=ids.to(lm.device))
+        stacked = torch.stack([cache[name] for name in names])  # (lens_layers, batch, tokens, d_model)
+        for b, row in enumerate(rows):
+            positions = torch.arange(len(prompt) - 1, len(prompt) + len(row))  # predict each text token, then eot
+            residuals.append(stacked[:, b, positions])
+            clips.append(torch.full((len(positions),), start + b))
+            targets.append(ids[b, positions + 1])
+    return DecoderResiduals(torch.cat(residuals, dim=1), torch.cat(clips), torch.cat(targets))
+
+
+class TunedLens(torch.nn.Module):
+    """One affine translator per lens layer but the last: ``h -> h + W_l h + b_l`` before the final LayerNorm and the
+    unembedding (Belrose et al. 2023, "Eliciting latent predictions with the tuned lens"). With all translators zero
+    it is the logit lens.
+
+    Call ``tuned(layer, residual)`` with ``residual (..., d_model)`` to translate it; pass the fitted lens to
+    :func:`logit_lens` or :func:`corpus_logit_lens` as ``translator``.
+    """
+
+    def __init__(self, n_lens_layers: int, d_model: int):
+        super().__init__()
+        self.translators = torch.nn.ModuleList(torch.nn.Linear(d_model, d_model) for _ in range(n_lens_layers - 1))
+        for t in self.translators:
+            torch.nn.init.zeros_(t.weight)
+            torch.nn.init.zeros_(t.bias)
+
+    def forward(self, layer: int, residual: torch.Tensor) -> torch.Tensor:
+        if not 0 <= layer < len(self.translators):
+            raise IndexError(f"the tuned lens has translators for lens layers 0..{len(self.translators) - 1} (the "
+                             f"last lens layer is the model's output and needs none); got {layer}")
+        return residual + self.translators[layer](residual)
+
+    def init_least_squares(self, data: DecoderResiduals, ridge: float = 1e-2) -> "TunedLens":
+        """Initialise each translator by ridge regression of the final residual on layer ``l``'s (the linear
+        shortcut of Din et al. 2023), a closed-form start for the KL fit."""
+        final = data.residuals[-1].double()
+        for layer, t in enumerate(self.translators):
+            x = data.residuals[layer].double()
+            x_mean, y_mean = x.mean(0), final.mean(0)
+            xc, yc = x - x_mean, final - y_mean
+            gram = xc.T @ xc + ridge * len(x) * torch.eye(x.shape[1], dtype=x.dtype)
+            m = torch.linalg.solve(gram, xc.T @ yc)  # final ~ x @ m + c
+            c = y_mean - x_mean @ m
+            with torch.no_grad():
+                t.weight.copy_((m - torch.eye(len(m), dtype=m.dtype)).T.float())
+                t.bias.copy_(c.float())
+        return self
+
+
+@dataclass
+class TunedLensFit:
+    """A fitted :class:`TunedLens` and its ``history``: one row per epoch and lens layer with the mean KL to the final
+    distribution on the training and held-out positions."""
+
+    lens: TunedLens
+    history: pd.DataFrame
+
+
+def _kl_per_layer(model: Any, data: DecoderResiduals, translator: TunedLens | None, batch_tokens: int = 512
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean KL(final || lens) and top-1 agreement per lens layer over all positions of ``data``."""
+    n_lens = data.residuals.shape[0]
+    kl_sum, agree_sum = np.zeros(n_lens), np.zeros(n_lens)
+    device = next(hf_model(model).parameters()).device
+    with torch.no_grad():
+        for start in range(0, len(data), batch_tokens):
+            chunk = data.residuals[:, start:start + batch_tokens].to(device)
+            final_logp = torch.log_softmax(lens_logits(model, chunk[-1]).float(), -1)
+            final_top = final_logp.argmax(-1)
+            for layer in range(n_lens):
+                h = chunk[layer]
+                if translator is not None and layer < n_lens - 1:
+                    h = translator(layer, h)
+                logp = torch.log_softmax(lens_logits(model, h).float(), -1)
+                kl_sum[layer] += float((final_logp.exp() * (final_logp - logp)).sum(-1).clamp(min=0).sum())
+                agree_sum[layer] += float((logp.argmax(-1) == final_top).sum())
+    return kl_sum / len(data), agree_sum / len(data)
+
+
+def compare_lenses(model: Any, data: DecoderResiduals, tuned: TunedLens) -> pd.DataFrame:
+    """Held-out comparison per lens layer: ``lens`` ("logit lens" or "tuned lens"), ``layer``, ``kl_to_final`` (mean,
+    nats) and ``top1_agreement`` with the model's final prediction."""
+    rows = []
+    for name, translator in (("logit lens", None), ("tuned lens", tuned)):
+        kl, agree = _kl_per_layer(model, data, translator)
+        rows += [{"lens": name, "layer": layer, "kl_to_final": kl[layer], "top1_agreement": agree[layer]}
+                 for layer in range(len(kl))]
+    return pd.DataFrame(rows)
+
+
+def fit_tuned_lens(model: Any, train: DecoderResiduals, val: DecoderResiduals | None = None, *,
+                   epochs: int = 8, lr: float = 1e-3, weight_decay: float = 1e-3, batch_tokens: int = 256,
+                   init: str = "least_squares", seed: int = 0, progress: bool = True) -> TunedLensFit:
+    """Fit a :class:`TunedLens` to minimise KL(final || lens) summed over layers, with Adam on the model's frozen
+    LayerNorm and unembedding.
+
+    Args:
+        model: the Whisper model (or :class:`~asrinterp_utils.models.LoadedModel`).
+        train: residuals to fit on; ``val``: held-out residuals (other speakers) evaluated after every epoch; the
+            translators of the epoch with the lowest held-out KL are kept (early stopping).
+        epochs, lr, weight_decay, batch_tokens: the optimiser's settings.
+        init: ``"least_squares"`` (:meth:`TunedLens.init_least_squares`) or ``"zero"`` (start from the logit lens).
+    """
+    from tqdm.auto import tqdm
+
+    n_lens, _, d_model = train.residuals.shape
+    torch.manual_seed(seed)
+    tuned = TunedLens(n_lens, d_model)
+    if init == "least_squares":
+        tuned.init_least_squares(train)
+    elif init != "zero":
+        raise ValueError(f"init must be 'least_squares' or 'zero'; got {init!r}")
+    device = next(hf_model(model).parameters()).device
+    tuned.to(device)
+    frozen = [p for p in hf_model(model).parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    history, best = [], (float("inf"), None)
+
+    def record(epoch: int) -> None:
+        nonlocal best
+        tr_kl, _ = _kl_per_layer(model, train, tuned)
+        va_kl = _kl_per_layer(model, val, tuned)[0] if val is not None else tr_kl * np.nan
+        history.extend({"epoch": epoch, "layer": layer, "train_kl": tr_kl[layer], "val_kl": va_kl[layer]}
+                       for layer in range(n_lens - 1))
+        score = float(np.mean(va_kl[:-1] if val is not None else tr_kl[:-1]))
+        if score < best[0]:
+            best = (score, {k: v.detach().clone() for k, v in tuned.state_dict().items()})
+
+    try:
+        optimiser = torch.optim.Adam(tuned.parameters(), lr=lr, weight_decay=weight_decay)
+        generator = torch.Generator().manual_seed(seed)
+        record(0)
+        for epoch in tqdm(range(1, epochs + 1), desc="tuned lens", disable=not progress):
+            order = torch.randperm(len(train), generator=generator)
+            for start in range(0, len(train), batch_tokens):
+                chunk = train.residuals[:, order[start:start + batch_tokens]].to(device)
+                with torch.no_grad():
+                    final_logp = torch.log_softmax(lens_logits(model, chunk[-1]).float(), -1)
+                loss = 0.0
+                for layer in range(n_lens - 1):
+                    logp = torch.log_softmax(lens_logits(model, tuned(layer, chunk[layer])).float(), -1)
+                    loss = loss + (final_logp.exp() * (final_logp - logp)).sum(-1).mean()
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+            record(epoch)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    tuned.load_state_dict(best[1])
+    return TunedLensFit(tuned.eval(), pd.DataFrame(history))

@@ -7,6 +7,7 @@ hyphens removed, numbers from 0 to 99 spelled out, whitespace collapsed.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Sequence
 
 _ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen " \
@@ -49,3 +50,81 @@ def word_error_rate(references: Sequence[str] | str, hypotheses: Sequence[str] |
 def clip_wers(references: Sequence[str], hypotheses: Sequence[str]) -> list[float]:
     """WER of each clip on normalised text."""
     return [word_error_rate(r, h) for r, h in zip(references, hypotheses)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Repetition loops and what kind of text a transcript is
+# ---------------------------------------------------------------------------------------------------------------
+
+COMPRESSION_RATIO_THRESHOLD = 2.4
+"""Whisper's own test for a degenerate, repetitive output (``compression_ratio_threshold`` in its decoding)."""
+
+
+def compression_ratio(text: str) -> float:
+    """UTF-8 length over zlib-compressed length, as Whisper computes it; 0 for empty text. Repetitive text compresses
+    well: a ratio above :data:`COMPRESSION_RATIO_THRESHOLD` marks a loop."""
+    import zlib
+
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+@dataclass(frozen=True)
+class RepeatRun:
+    """The longest run of one n-gram repeated back to back: ``ngram`` (the repeated words), ``repeats`` (how many
+    times in a row), ``start`` (index of its first word)."""
+
+    ngram: tuple[str, ...]
+    repeats: int
+    start: int
+
+
+def longest_repeat(words: Sequence[str], max_n: int = 8) -> RepeatRun:
+    """The n-gram (n <= ``max_n``) repeated most times consecutively in ``words``; ties go to the shorter n-gram.
+
+    >>> longest_repeat("to the night to the night to the night".split())
+    RepeatRun(ngram=('to', 'the', 'night'), repeats=3, start=0)
+    """
+    best = RepeatRun((), 0, 0)
+    for n in range(1, max_n + 1):
+        for start in range(len(words) - n + 1):
+            gram = tuple(words[start:start + n])
+            reps = 1
+            while tuple(words[start + reps * n:start + (reps + 1) * n]) == gram:
+                reps += 1
+            if reps > best.repeats:
+                best = RepeatRun(gram, reps, start)
+    return best
+
+
+def is_repetitive(text: str, *, min_repeats: int = 4,
+                  compression_threshold: float = COMPRESSION_RATIO_THRESHOLD) -> bool:
+    """A repetition loop: some n-gram repeated ``min_repeats`` or more times back to back (on normalised words), or a
+    compression ratio above Whisper's threshold."""
+    words = normalize_text(text).split()
+    return longest_repeat(words).repeats >= min_repeats or compression_ratio(text) > compression_threshold
+
+
+TRANSCRIPT_KINDS = ("faithful", "loop", "fluent_unfaithful", "fragment")
+"""The kinds :func:`transcript_kind` tells apart."""
+
+
+def transcript_kind(reference: str, hypothesis: str, *, max_faithful_wer: float = 0.5,
+                    min_fluent_words: int = 3) -> str:
+    """What a (lens) transcript is, against its reference, as one of :data:`TRANSCRIPT_KINDS`:
+
+    - ``loop``: :func:`is_repetitive`, whatever its WER;
+    - ``faithful``: WER at most ``max_faithful_wer``;
+    - ``fluent_unfaithful``: at least ``min_fluent_words`` words, not a loop, WER above the limit: fluent text the
+      audio does not support (a hallucination);
+    - ``fragment``: anything else (empty, or a word or two that are wrong).
+
+    The thresholds are choices, not standards; the book states them where it uses them.
+    """
+    if is_repetitive(hypothesis):
+        return "loop"
+    if word_error_rate(reference, hypothesis) <= max_faithful_wer:
+        return "faithful"
+    if len(normalize_text(hypothesis).split()) >= min_fluent_words:
+        return "fluent_unfaithful"
+    return "fragment"

@@ -227,7 +227,7 @@ class LoadedModel:
                 ``encoder_states``.
             max_new_tokens: most tokens to generate after the prompt (``len(prompt) + max_new_tokens <= 448``).
             encoder_states: ``(batch, 1500, d_model)``: decode from these instead of the encoder's output (the
-                encoder lens feeds an intermediate layer's states here).
+                encoder lens feeds an intermediate layer's states here); see :meth:`decode_greedy`.
 
         Returns:
             ``LongTensor (batch, len(prompt) + n_new)`` on the CPU: :meth:`prompt_ids`, the generated text tokens,
@@ -240,19 +240,11 @@ class LoadedModel:
         if not 1 <= max_new_tokens <= room:
             raise ValueError(f"max_new_tokens must be between 1 and {room} (the decoder holds {self.dims.n_text_ctx} "
                              f"positions, the prompt uses {self.dims.n_text_ctx - room}); got {max_new_tokens}.")
+        if encoder_states is not None:
+            return self.decode_greedy(encoder_states, max_new_tokens=max_new_tokens)
         kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                       return_timestamps=False)
-        if encoder_states is not None:
-            from transformers.modeling_outputs import BaseModelOutput
-
-            # Whisper's generate loop indexes input_features even when encoder_outputs are given; zeros of the
-            # right shape keep it on its short-form path, and the encoder is not run (encoder_outputs win)
-            input_features = torch.zeros(len(encoder_states), self.dims.n_mels, 2 * self.dims.n_audio_ctx,
-                                         device=self.device, dtype=self.dtype)
-            kwargs["encoder_outputs"] = BaseModelOutput(
-                last_hidden_state=encoder_states.to(device=self.device, dtype=self.dtype))
-        else:
-            input_features, _ = self.features(audio_list)
+        input_features, _ = self.features(audio_list)
         if self.dims.multilingual:
             kwargs.update(language="en", task="transcribe")
         with _quiet_transformers():
@@ -270,6 +262,58 @@ class LoadedModel:
             new_ids = torch.cat([new_ids, torch.full((len(new_ids), 1), end_of_text, dtype=torch.long)], dim=1)
         prompt_block = torch.tensor([prompt] * len(new_ids), dtype=torch.long)
         return torch.cat([prompt_block, new_ids], dim=1)
+
+    @torch.no_grad()
+    def decode_greedy(self, encoder_states: torch.Tensor, max_new_tokens: int = 128, *,
+                      suppress_timestamps: bool = True) -> torch.LongTensor:
+        """Greedy decoding from given encoder states with a plain KV-cached loop, the same for every batch size.
+
+        Each step applies what Whisper's ``generate`` applies in short-form, no-timestamp mode (the generation
+        config's ``suppress_tokens`` at every step, ``begin_suppress_tokens`` at the first), and by default also
+        suppresses the timestamp tokens, which the prompt's ``<|notimestamps|>`` rules out: states from early encoder
+        layers can otherwise make the decoder emit them, and ``generate`` then treats them as segment boundaries and
+        decodes far past ``max_new_tokens``. Rows that have ended are padded with ``<|endoftext|>``; the loop stops
+        when every row has ended. Forward hooks see each step with its absolute decoder position, as in ``generate``.
+
+        Args:
+            encoder_states: ``(batch, 1500, d_model)``, what the decoder's cross-attention reads.
+            max_new_tokens: most tokens to generate after the prompt.
+            suppress_timestamps: forbid the timestamp tokens (default True).
+
+        Returns:
+            ``LongTensor (batch, len(prompt) + n_new)`` on the CPU, laid out as :meth:`generate_ids`'s.
+        """
+        room = self.dims.n_text_ctx - len(self.prompt_ids())
+        if not 1 <= max_new_tokens <= room:
+            raise ValueError(f"max_new_tokens must be between 1 and {room}; got {max_new_tokens}.")
+        if encoder_states.ndim != 3 or encoder_states.shape[-1] != self.dims.d_model:
+            raise ValueError(f"encoder_states must be (batch, frames, {self.dims.d_model}); got "
+                             f"{tuple(encoder_states.shape)}.")
+        config = self.model.generation_config
+        end_of_text = int(config.eos_token_id)
+        vocab = self.model.config.vocab_size
+        always = torch.zeros(vocab, dtype=torch.bool, device=self.device)
+        always[list(config.suppress_tokens or [])] = True
+        if suppress_timestamps:
+            always[int(config.no_timestamps_token_id) + 1:] = True
+        at_start = always.clone()
+        at_start[list(config.begin_suppress_tokens or [])] = True
+        states = encoder_states.to(device=self.device, dtype=self.dtype)
+        batch = len(states)
+        ids = torch.tensor([self.prompt_ids()] * batch, device=self.device)
+        ended = torch.zeros(batch, dtype=torch.bool, device=self.device)
+        step_input, past = ids, None
+        for step in range(max_new_tokens):
+            out = self.model(encoder_outputs=(states,), decoder_input_ids=step_input, cache=past, use_cache=True)
+            past = out.cache
+            logits = out.logits[:, -1].float().masked_fill(at_start if step == 0 else always, float("-inf"))
+            next_ids = torch.where(ended, end_of_text, logits.argmax(-1))
+            ids = torch.cat([ids, next_ids[:, None]], dim=1)
+            ended |= next_ids == end_of_text
+            if bool(ended.all()):
+                break
+            step_input = next_ids[:, None]
+        return ids.cpu()
 
     def transcribe(self, audio_list: Sequence[np.ndarray], max_new_tokens: int = 128) -> list[str]:
         """Greedy English transcripts (no timestamps), one stripped string per clip.

@@ -74,3 +74,83 @@ def test_decoding_from_given_encoder_states_equals_normal_decoding():
         with torch.no_grad():
             states = lm.model.model.encoder(feats).last_hidden_state
         assert torch.equal(lm.generate_ids(None, encoder_states=states), lm.generate_ids(waves)), name
+
+
+@pytest.mark.real
+def test_greedy_decoding_from_states_does_not_depend_on_the_batch():
+    """Early encoder layers of base made Whisper's generate emit timestamp tokens and decode far past the limit with a
+    batch of one; decode_greedy gives every row the same tokens alone as in a batch, and stays within the limit."""
+    from asrinterp_utils.data import asterisk_prompts, clip_audio
+    from asrinterp_utils.models import load_model
+
+    lm = load_model("base", attn_implementation="sdpa")
+    wave = clip_audio(asterisk_prompts(min_words=6, max_duration_s=6, progress=False).path.iloc[0])
+    feats, _ = lm.features([wave])
+    names = [f"enc.{i}.resid_post" for i in range(3)]
+    with torch.no_grad(), cache_activations(lm, names, device=None) as cache:
+        lm.model.model.encoder(feats)
+    states = lm.model.model.encoder.layer_norm(torch.cat([cache[n] for n in names]))
+    together = lm.decode_greedy(states, max_new_tokens=24)
+    assert together.shape[1] <= len(lm.prompt_ids()) + 24
+    assert (together[:, len(lm.prompt_ids()):] < lm.model.generation_config.no_timestamps_token_id).all()
+    for row in range(len(states)):
+        alone = lm.decode_greedy(states[row:row + 1], max_new_tokens=24)[0]
+        assert torch.equal(alone, together[row, :len(alone)]) and (together[row, len(alone):] == 50257).all()
+
+
+def test_token_kinds():
+    from asrinterp_utils.models import load_model
+
+    tok = load_model("tiny.en").tokenizer
+    ids = tok.encode(" The quizzically zygomorphic hit 42 walls, then stopped.", add_special_tokens=False)
+    table = lens.token_kinds(tok, ids)
+    by_word = table.groupby("word").kind.apply(list).to_dict()
+    assert by_word["the"] == ["function"] and by_word["then"] == ["function"]
+    assert len(by_word["zygomorphic"]) > 1  # a rare word splits into several tokens
+    assert by_word["zygomorphic"][0] == "content" and set(by_word["zygomorphic"][1:]) == {"continuation"}
+    assert set(by_word["42"]) == {"digit"}
+    assert table.kind.tolist()[-1] == "punctuation" and table.kind.tolist().count("punctuation") == 2
+
+
+def _planted_residuals(n_lens=3, d=16, n=400, seed=0):
+    """Residuals where the final layer is an exact affine function of each earlier one."""
+    g = torch.Generator().manual_seed(seed)
+    final = torch.randn(n, d, generator=g) * 3
+    earlier = []
+    for _ in range(n_lens - 1):
+        m = torch.eye(d) + 0.5 * torch.randn(d, d, generator=g) / d ** 0.5
+        earlier.append((final - 0.3) @ torch.linalg.inv(m))  # earlier @ m + 0.3 = final
+    res = torch.stack([*earlier, final])
+    return lens.DecoderResiduals(res, torch.arange(n) % 20, torch.zeros(n, dtype=torch.long))
+
+
+def test_tuned_lens_known_answers(toy):
+    data = _planted_residuals()
+    zero = lens.TunedLens(3, 16)
+    x = torch.randn(5, 16)
+    assert torch.equal(zero(0, x), x)  # untrained: the logit lens
+    ls = lens.TunedLens(3, 16).init_least_squares(data, ridge=0.0)
+    assert torch.allclose(ls(1, data.residuals[1]), data.residuals[-1], atol=1e-3)  # the planted map, recovered
+    table = lens.compare_lenses(toy, data, ls)
+    tuned = table[table.lens == "tuned lens"]
+    assert (tuned.kl_to_final < 1e-4).all() and (tuned.top1_agreement == 1.0).all()
+    logit = table[table.lens == "logit lens"]
+    assert logit.kl_to_final.iloc[0] > 100 * tuned.kl_to_final.iloc[0]
+    with pytest.raises(IndexError, match="needs none"):
+        ls(2, x)
+
+
+def test_fitting_the_tuned_lens_lowers_held_out_kl():
+    from .conftest import random_whisper
+
+    toy = random_whisper(seed=3)
+    with torch.no_grad():
+        toy.model.decoder.layer_norm.weight.mul_(30)  # sharp output distributions, so KL has room to fall
+    data = _planted_residuals(n=600)
+    train, val = data.subset(range(15)), data.subset(range(15, 20))
+    assert len(train) + len(val) == len(data) and not set(train.clip.tolist()) & set(val.clip.tolist())
+    trainable = [p.requires_grad for p in toy.parameters()]
+    fit = lens.fit_tuned_lens(toy, train, val, epochs=4, lr=1e-2, init="zero", progress=False)
+    first, last = fit.history[fit.history.epoch == 0], fit.history[fit.history.epoch == fit.history.epoch.max()]
+    assert last.val_kl.mean() < 0.5 * first.val_kl.mean()
+    assert [p.requires_grad for p in toy.parameters()] == trainable  # the model is left as it was
