@@ -106,9 +106,10 @@ def logit_lens(model: Any, input_features: torch.Tensor, decoder_input_ids: torc
     hf = hf_model(model)
     n = len(whisper_core(model).decoder.layers)
     names = ["dec.0.resid_pre"] + [f"dec.{i}.resid_post" for i in range(n)]
-    device = next(hf.parameters()).device
+    param = next(hf.parameters())
     with cache_activations(model, names, device=None) as cache:
-        final_logits = hf(input_features.to(device), decoder_input_ids=decoder_input_ids.to(device)).logits
+        final_logits = hf(input_features.to(device=param.device, dtype=param.dtype),
+                          decoder_input_ids=decoder_input_ids.to(param.device)).logits
 
     def layer_logits(layer: int, name: str) -> torch.Tensor:
         residual = cache[name]

@@ -54,6 +54,42 @@ def cross_attention_heatmap(pattern: np.ndarray, tokens: Sequence[str], n_frames
     return ax
 
 
+def lens_heatmap(result, tokenizer, input_ids: Sequence[int], *, row: int = 0, positions: Sequence[int] | None = None,
+                 ax=None, title: str | None = None, max_chars: int = 7):
+    """The logit lens of one transcript as a heatmap: lens layers (rows, 0 = embeddings, top = the model's output)
+    by decoder positions (columns, labelled with the input token read there), coloured by the probability the lens
+    gives the model's final prediction, with the lens's own top-1 token written in each cell.
+
+    ``result`` is a :class:`~asrinterp_utils.lens.LogitLensResult`; ``input_ids`` the teacher-forced ids of batch row
+    ``row``. Returns the matplotlib Axes.
+    """
+    positions = list(range(len(input_ids))) if positions is None else list(positions)
+    prob = result.final_prob[:, row, positions].numpy()  # (layers, positions)
+    tops = result.top_ids[:, row, positions, 0].numpy()
+    n_layers = prob.shape[0]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(min(18, 2 + 0.85 * len(positions)), 0.55 * n_layers + 1.8))
+    cells = [[_short(tokenizer.decode([int(t)]), max_chars) for t in layer_tops] for layer_tops in tops]
+    sns.heatmap(prob[::-1], ax=ax, cmap="viridis", vmin=0, vmax=1, annot=np.array(cells[::-1]), fmt="",
+                annot_kws={"fontsize": 7}, cbar_kws={"label": "lens probability of the final prediction"})
+    ax.set_yticks(np.arange(n_layers) + 0.5)
+    ax.set_yticklabels([("output" if layer == n_layers - 1 else "embed" if layer == 0 else f"layer {layer}")
+                        for layer in range(n_layers)][::-1], rotation=0)
+    ax.set_xticklabels([_short(label, max_chars + 3) for label in token_labels(tokenizer,
+                                                                               [input_ids[p] for p in positions])],
+                       rotation=60, ha="right", fontsize=8)
+    ax.set_xlabel("decoder input token (the cell shows the lens's top-1 prediction of the next token)")
+    ax.set_ylabel("lens layer")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def _short(text: str, n: int) -> str:
+    text = text.replace("\n", " ")
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
 def figure_to_png(fig, dpi: int = 80) -> bytes:
     """Render a figure to PNG bytes and close it (for widgets that switch between precomputed images)."""
     buf = io.BytesIO()

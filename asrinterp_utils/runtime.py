@@ -38,3 +38,17 @@ def default_device():
     import torch
 
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def save_results(name: str, results: dict) -> Path:
+    """Save a chapter's headline numbers as JSON, atomically, under ``cache_dir("results", mode)`` (mode ``fast`` or
+    ``full``), for the reproduction report to read. Returns the file's path."""
+    import json
+    import tempfile
+
+    folder = cache_dir("results", "fast" if fast_mode() else "full")
+    path = folder / f"{name}.json"
+    with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as tmp:
+        json.dump(results, tmp, indent=2, default=float)
+    os.replace(tmp.name, path)
+    return path

@@ -18,21 +18,36 @@ def image_explorer(images: Mapping[tuple[int, int], bytes], *, row_name: str = "
     The switching is done by the browser (``jslink`` to nested ``Stack`` widgets), so it works in the static HTML
     as well as in a live notebook. Rows and columns must form a full grid.
     """
+    views = {key: widgets.Image(value=png, format="png") for key, png in images.items()}
+    return _slider_grid(views, row_name=row_name, col_name=col_name, title=title)
+
+
+def text_explorer(texts: Mapping[tuple[int, int], str], *, row_name: str = "clip", col_name: str = "layer",
+                  title: str = "") -> widgets.VBox:
+    """Two sliders choosing among precomputed HTML snippets keyed by ``(row, col)`` (e.g. the encoder lens's
+    transcript of clip ``row`` from layer ``col``); like :func:`image_explorer`, it works in the static page."""
+    views = {key: widgets.HTML(value=html) for key, html in texts.items()}
+    return _slider_grid(views, row_name=row_name, col_name=col_name, title=title)
+
+
+def _slider_grid(views: Mapping[tuple[int, int], widgets.Widget], *, row_name: str, col_name: str,
+                 title: str) -> widgets.VBox:
+    """Two sliders switching, in the browser, among widgets keyed by ``(row, col)`` on a full grid."""
+    images = views
     rows = sorted({r for r, _ in images})
     cols = sorted({c for _, c in images})
     missing = [(r, c) for r in rows for c in cols if (r, c) not in images]
     if missing:
-        raise ValueError(f"image_explorer needs a full grid; missing {missing[:5]}")
+        raise ValueError(f"an explorer needs a full grid of (row, col) views; missing {missing[:5]}")
     if rows != list(range(len(rows))) or cols != list(range(len(cols))):
-        raise ValueError("image_explorer expects rows and columns numbered 0..n-1 (slider value = stack index)")
+        raise ValueError("an explorer expects rows and columns numbered 0..n-1 (slider value = stack index)")
     row_slider = widgets.IntSlider(value=rows[-1], min=rows[0], max=rows[-1], description=row_name,
                                    continuous_update=True)
     col_slider = widgets.IntSlider(value=cols[0], min=cols[0], max=cols[-1], description=col_name,
                                    continuous_update=True)
     inner, links = [], []
     for r in rows:
-        stack = widgets.Stack([widgets.Image(value=images[(r, c)], format="png") for c in cols],
-                              selected_index=0)
+        stack = widgets.Stack([images[(r, c)] for c in cols], selected_index=0)
         links.append(widgets.jslink((col_slider, "value"), (stack, "selected_index")))
         inner.append(stack)
     outer = widgets.Stack(inner, selected_index=len(rows) - 1)

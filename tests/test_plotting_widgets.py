@@ -53,3 +53,21 @@ def test_choice_explorer():
     box = widgets.choice_explorer([("a", b"1"), ("b", b"2")])
     picker, stack = box.children
     assert picker.options == (("a", 0), ("b", 1)) and len(stack.children) == 2
+
+
+def test_text_explorer_and_lens_heatmap(toy, toy_inputs):
+    from asrinterp_utils import lens, plotting
+
+    box = widgets.text_explorer({(r, c): f"<p>{r}-{c}</p>" for r in range(2) for c in range(3)}, title="t")
+    assert len(box.links) == 3
+    feats, _, ids = toy_inputs
+    result = lens.logit_lens(toy, feats, ids, top_k=1)
+
+    class Tok:
+        def decode(self, ids, skip_special_tokens=False):
+            return f"t{ids[0]}"
+
+    ax = plotting.lens_heatmap(result, Tok(), ids[0].tolist(), title="lens")
+    assert ax.get_ylabel() == "lens layer" and "top-1" in ax.get_xlabel()
+    assert [t.get_text() for t in ax.get_yticklabels()][0] == "output"
+    assert len(ax.texts) == 3 * 7  # one annotation per cell
