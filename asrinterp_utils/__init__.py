@@ -8,6 +8,9 @@ The package behind the executable book "Beyond Transcription, executed". One mod
 ``hooks``       the hook-point grammar (``enc.3.resid_post``, ``dec.1.cross_head_out``) and :func:`patch`
 ``cache``       :func:`cache_activations`: filtered, pooled over real frames, in memory or on disk
 ``patching``    batched patch sweeps (encoder output and cross-attention keys/values reused)
+``lens``        logit lens, saturation layer, encoder lens, tuned lens
+``audio_llm``   the same lenses on Qwen2-Audio (audio tower + language model)
+``metrics``     normalised WER, repetition loops, transcript kinds
 ``attention``   reading attention patterns (alignment heads)
 ``data``        the speech bank (real recordings from Debian packages)
 ``plotting``    one figure style; ``widgets``: explorers that work in the static book

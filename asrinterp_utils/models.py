@@ -272,8 +272,11 @@ class LoadedModel:
         config's ``suppress_tokens`` at every step, ``begin_suppress_tokens`` at the first), and by default also
         suppresses the timestamp tokens, which the prompt's ``<|notimestamps|>`` rules out: states from early encoder
         layers can otherwise make the decoder emit them, and ``generate`` then treats them as segment boundaries and
-        decodes far past ``max_new_tokens``. Rows that have ended are padded with ``<|endoftext|>``; the loop stops
-        when every row has ended. Forward hooks see each step with its absolute decoder position, as in ``generate``.
+        decodes far past ``max_new_tokens``. Rows that have ended leave the batch (and the KV cache), so a batch of
+        short and looping rows costs what its running rows cost; with this package's hooks attached the batch keeps
+        its shape instead (a patch may be tied to batch rows). Ended rows are padded with ``<|endoftext|>``; the loop
+        stops when every row has ended. Forward hooks see each step with its absolute decoder position, as in
+        ``generate``.
 
         Args:
             encoder_states: ``(batch, 1500, d_model)``, what the decoder's cross-attention reads.
@@ -301,18 +304,31 @@ class LoadedModel:
         states = encoder_states.to(device=self.device, dtype=self.dtype)
         batch = len(states)
         ids = torch.tensor([self.prompt_ids()] * batch, device=self.device)
+        out_ids = torch.full((batch, max_new_tokens), end_of_text, dtype=torch.long, device=self.device)
+        # Rows that have ended leave the batch (their KV cache rows are dropped), unless hooks of this package are
+        # attached: a patch may be tied to batch rows, so the batch then keeps its shape and ended rows get padding.
+        from .hooks import active_hook_count
+
+        compact = active_hook_count(self.model) == 0
+        running = torch.arange(batch, device=self.device)  # original row of each row still in the batch
         ended = torch.zeros(batch, dtype=torch.bool, device=self.device)
-        step_input, past = ids, None
+        step_input, past, n_steps = ids, None, 0
         for step in range(max_new_tokens):
             out = self.model(encoder_outputs=(states,), decoder_input_ids=step_input, cache=past, use_cache=True)
             past = out.cache
             logits = out.logits[:, -1].float().masked_fill(at_start if step == 0 else always, float("-inf"))
             next_ids = torch.where(ended, end_of_text, logits.argmax(-1))
-            ids = torch.cat([ids, next_ids[:, None]], dim=1)
-            ended |= next_ids == end_of_text
+            out_ids[running, step] = next_ids
+            n_steps = step + 1
+            ended = ended | (next_ids == end_of_text)
             if bool(ended.all()):
                 break
+            if compact and bool(ended.any()):
+                keep = torch.nonzero(~ended).squeeze(1)
+                past.batch_select_indices(keep)
+                states, running, next_ids, ended = states[keep], running[keep], next_ids[keep], ended[keep]
             step_input = next_ids[:, None]
+        ids = torch.cat([ids, out_ids[:, :n_steps]], dim=1)
         return ids.cpu()
 
     def transcribe(self, audio_list: Sequence[np.ndarray], max_new_tokens: int = 128) -> list[str]:

@@ -86,7 +86,9 @@ def lens_heatmap(result, tokenizer, input_ids: Sequence[int], *, row: int = 0, p
 
 
 def _short(text: str, n: int) -> str:
-    text = text.replace("\n", " ")
+    """Shorten a token's text to ``n`` characters for a cell; characters from U+3000 on (CJK, Hangul: not in the
+    figure font) are shown as ``□``."""
+    text = "".join("□" if ord(ch) >= 0x3000 else ch for ch in text.replace("\n", " "))
     return text if len(text) <= n else text[: n - 1] + "…"
 
 

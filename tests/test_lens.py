@@ -96,6 +96,8 @@ def test_greedy_decoding_from_states_does_not_depend_on_the_batch():
     for row in range(len(states)):
         alone = lm.decode_greedy(states[row:row + 1], max_new_tokens=24)[0]
         assert torch.equal(alone, together[row, :len(alone)]) and (together[row, len(alone):] == 50257).all()
+    with cache_activations(lm, "dec.0.resid_post"):  # hooks attached: ended rows stay in the batch, same tokens
+        assert torch.equal(lm.decode_greedy(states, max_new_tokens=24), together)
 
 
 def test_token_kinds():
