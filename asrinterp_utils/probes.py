@@ -1,0 +1,502 @@
+"""Per-layer linear probes: at which layer does a property of the input become linearly readable?
+
+A *probe* is a small classifier trained on a model's hidden states to predict a property of the input clip: the
+speaker's gender or accent, the noise condition, the word spoken. If a linear probe on layer ``l`` predicts the
+property well for speakers it was never trained on, the property is *linearly decodable* from that layer. That does
+not show that the model *uses* it: that is a question for activation patching.
+
+The method, for each layer on its own
+-------------------------------------
+1. Features are ``(n_clips, n_layers, d_model)``, usually the residual stream mean-pooled over each clip's real
+   frames. :meth:`ActivationCache.stack <asrinterp_utils.cache.ActivationCache.stack>` gives
+   ``(layers, batch, d_model)``, so transpose it::
+
+       input_features, n_frames = lm.features(clips)
+       with cache_activations(lm, "enc.*.resid_post", pool="mean", n_frames=n_frames) as cache:
+           whisper_core(lm).encoder(input_features)
+       features = cache.stack("enc.*.resid_post").transpose(0, 1)      # (n_clips, layers, d_model)
+
+2. The probe is ``Pipeline(StandardScaler, LogisticRegression)`` (L2 penalty, multinomial for more than two
+   classes).
+3. The outer cross-validation is grouped by speaker: ``StratifiedGroupKFold``, or ``GroupKFold`` when some class
+   has fewer speakers than folds. No speaker is on both the training and the test side of a split, so the probe
+   cannot score by recognising a voice it was trained on. The same splits serve every layer, so layers are compared
+   on the same held-out speakers.
+4. The regularisation strength ``C`` is chosen *inside* each outer training fold, by a ``GridSearchCV`` whose own
+   cross-validation is also grouped by speaker; the outer test fold is never seen while ``C`` is chosen (choosing
+   ``C`` on the test fold would report the best of several test scores, an optimistic number).
+5. Reported per layer: the mean and standard deviation of the fold accuracies; a 95% bootstrap interval for the
+   accuracy of the pooled out-of-fold predictions, resampling *speakers* (clips of one speaker are not independent,
+   so resampling clips would give too narrow an interval); the chance level (the majority-class rate); the ``C``
+   chosen in each fold; pooled confusion matrices; every out-of-fold prediction and the splits actually used.
+
+Controls
+--------
+A probe's accuracy mixes what the layer encodes with what the probe can fit. Three controls separate them:
+
+- **Shuffled labels** (:func:`shuffled_label_control`): the same features and the same splits, with the labels
+  permuted. When the label is a property of the speaker (gender, accent) whole speakers are relabelled, so the
+  control task has the same speaker structure as the real one (all of a speaker's clips share a label).
+  :func:`selectivity` is probe minus control accuracy per layer (after Hewitt & Liang, 2019, "Designing and
+  Interpreting Probes with Control Tasks", where the control task is a random relabelling of word types).
+- **A random-initialised model** of the same architecture: what the architecture alone makes decodable.
+- **The log-mel input** itself, as a single "layer": ``features`` of shape ``(n_clips, 1, n_mels)``.
+
+The last two are feature sources: compute them and give them to :func:`probe_layers` like any other features.
+
+>>> result = probe_layers(features, labels, speakers)                       # doctest: +SKIP
+>>> result.table[["layer", "accuracy", "ci_low", "ci_high", "chance"]]     # doctest: +SKIP
+>>> control = shuffled_label_control(features, labels, speakers)            # doctest: +SKIP
+>>> selectivity(result, control)                                            # doctest: +SKIP
+>>> best_layer(result), normalised_depth(best_layer(result), result.n_layers)  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence, Union
+
+import numpy as np
+import pandas as pd
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import confusion_matrix
+from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedGroupKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+DEFAULT_CS = (0.01, 0.1, 1, 10)
+"""The regularisation strengths searched in each training fold (ties go to the first, so keep them ascending: the
+strongest regularisation wins a tie)."""
+
+MAX_ITER = 10_000
+"""``LogisticRegression.max_iter`` (the default, 100, is often too few for lbfgs on wide layers at ``C=10``; a
+probe that stops early would be judged on an unfinished fit)."""
+
+_C_PARAM = "logisticregression__C"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class Fold:
+    """One outer split: row indices into the ``n_samples`` axis.
+
+    Attributes:
+        train: ``(n_train,)`` rows the probe (and the choice of ``C``) was fitted on.
+        test: ``(n_test,)`` rows it was scored on.
+    """
+    train: np.ndarray
+    test: np.ndarray
+
+
+@dataclass(eq=False)
+class ProbeResult:
+    """What :func:`probe_layers` returns: a tidy table plus the raw material behind it.
+
+    Attributes:
+        table: one row per layer, with the columns ``layer``, ``accuracy`` (mean of the fold accuracies),
+            ``accuracy_std`` (their standard deviation, ddof=1), ``pooled_accuracy`` (accuracy of all out-of-fold
+            predictions together), ``ci_low`` and ``ci_high`` (95% bootstrap interval of ``pooled_accuracy``,
+            resampling speakers), ``chance`` (majority-class rate), ``chosen_C`` (a tuple, one per fold),
+            ``n_samples``, ``n_groups``, ``n_classes``, ``n_folds``.
+        classes: ``(n_classes,)`` the sorted class labels; the order of the confusion matrices' rows and columns.
+        confusion: ``(n_layers, n_classes, n_classes)`` pooled out-of-fold counts; rows are the true class,
+            columns the predicted one.
+        predictions: ``(n_layers, n_samples)`` the out-of-fold prediction for every clip at every layer.
+        fold_accuracy: ``(n_layers, n_folds)``.
+        chosen_C: ``(n_layers, n_folds)`` the ``C`` chosen inside each training fold.
+        splits: the ``n_folds`` outer splits used (the same for every layer).
+        labels: ``(n_samples,)`` the labels the probe was trained on (permuted ones for a control).
+        groups: ``(n_samples,)`` the speaker of each clip.
+        splitter: ``"StratifiedGroupKFold"``, ``"GroupKFold"`` or ``"given"`` (splits passed in).
+        control: None for a probe; a description for a control (``"shuffled labels (group level, ...)"``).
+    """
+    table: pd.DataFrame
+    classes: np.ndarray = field(repr=False)
+    confusion: np.ndarray = field(repr=False)
+    predictions: np.ndarray = field(repr=False)
+    fold_accuracy: np.ndarray = field(repr=False)
+    chosen_C: np.ndarray = field(repr=False)
+    splits: list[Fold] = field(repr=False)
+    labels: np.ndarray = field(repr=False)
+    groups: np.ndarray = field(repr=False)
+    splitter: str = ""
+    control: Union[str, None] = None
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.table)
+
+    @property
+    def fold_of_sample(self) -> np.ndarray:
+        """``(n_samples,)`` the outer fold in which each clip was a test clip."""
+        fold = np.empty(len(self.labels), dtype=int)
+        for k, split in enumerate(self.splits):
+            fold[split.test] = k
+        return fold
+
+    def predictions_frame(self) -> pd.DataFrame:
+        """Every out-of-fold prediction as a long table: ``layer, sample, fold, group, label, predicted, correct``
+        (``n_layers * n_samples`` rows)."""
+        n_layers, n = self.predictions.shape
+        return pd.DataFrame({
+            "layer": np.repeat(np.arange(n_layers), n),
+            "sample": np.tile(np.arange(n), n_layers),
+            "fold": np.tile(self.fold_of_sample, n_layers),
+            "group": np.tile(self.groups, n_layers),
+            "label": np.tile(self.labels, n_layers),
+            "predicted": self.predictions.ravel(),
+            "correct": (self.predictions == self.labels).ravel(),
+        })
+
+    def confusion_frame(self, layer: int) -> pd.DataFrame:
+        """The confusion matrix of one layer with class names: index = true class, columns = predicted class."""
+        return pd.DataFrame(self.confusion[layer], index=pd.Index(self.classes, name="true"),
+                            columns=pd.Index(self.classes, name="predicted"))
+
+    def _repr_html_(self) -> str:  # notebooks show the table
+        return self.table._repr_html_()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Input checks and the grouped splits
+# ---------------------------------------------------------------------------------------------------------------
+
+def _as_numpy(x: Any) -> np.ndarray:
+    """numpy arrays, lists and torch tensors (any device; bf16 and fp16 become float32) as numpy arrays."""
+    if hasattr(x, "detach"):  # a torch tensor, without importing torch here
+        x = x.detach().cpu()
+        if x.is_floating_point():
+            x = x.float()
+        x = x.numpy()
+    return np.asarray(x)
+
+
+def _check_inputs(features: Any, labels: Any, groups: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate and convert: features ``(n_samples, n_layers, d)``, labels and groups ``(n_samples,)``."""
+    features, labels, groups = _as_numpy(features), _as_numpy(labels), _as_numpy(groups)
+    if features.ndim != 3:
+        raise ValueError(f"features must be (n_samples, n_layers, d), got shape {features.shape}; a single feature "
+                         "set (a log-mel baseline, one layer) is features[:, None, :]")
+    if labels.ndim != 1 or groups.ndim != 1:
+        raise ValueError(f"labels and groups must be 1-D (n_samples,), got shapes {labels.shape} and {groups.shape}")
+    n = features.shape[0]
+    if not len(labels) == n == len(groups):
+        raise ValueError(f"lengths differ: features has {n} samples (axis 0), labels {len(labels)}, groups "
+                         f"{len(groups)}. features must be (n_samples, n_layers, d); ActivationCache.stack gives "
+                         "(layers, batch, d_model), so transpose(0, 1) it")
+    if not np.issubdtype(features.dtype, np.number):
+        raise ValueError(f"features must be numeric, got dtype {features.dtype}")
+    if not np.isfinite(features).all():
+        raise ValueError("features contain NaN or infinite values")
+    if pd.isna(labels).any() or pd.isna(groups).any():
+        raise ValueError("labels and groups must not contain missing values (None or NaN)")
+    classes = np.unique(labels)
+    if len(classes) < 2:
+        raise ValueError(f"labels must have at least two classes, got only {classes.tolist()}")
+    lonely = {c: np.unique(groups[labels == c]).tolist() for c in classes.tolist()}
+    lonely = {c: g for c, g in lonely.items() if len(g) < 2}
+    if lonely:
+        detail = ", ".join(f"class {c!r} only in group {g[0]!r}" for c, g in lonely.items())
+        raise ValueError(f"each class needs at least two groups (speakers) so that a grouped split can put it on "
+                         f"both the training and the test side: {detail}. Drop the class or add speakers")
+    return features, labels, groups
+
+
+def _grouped_cv(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int):
+    """``StratifiedGroupKFold`` when every class has at least ``n_splits`` groups, else ``GroupKFold``."""
+    n_groups = len(np.unique(groups))
+    if n_splits < 2:
+        raise ValueError(f"n_splits must be at least 2, got {n_splits}")
+    if n_splits > n_groups:
+        raise ValueError(f"n_splits={n_splits} is more than the {n_groups} groups (speakers): every fold needs "
+                         "speakers of its own. Use fewer splits or more speakers")
+    fewest = min(len(np.unique(groups[labels == c])) for c in np.unique(labels))
+    if fewest >= n_splits:
+        return StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    return GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+
+
+def grouped_splits(labels: Any, groups: Any, *, n_splits: int = 5, seed: int = 0) -> list[Fold]:
+    """The outer splits :func:`probe_layers` makes for these labels and groups (``(n_samples,)`` each): grouped by
+    speaker, stratified by class when every class has at least ``n_splits`` speakers."""
+    labels, groups = _as_numpy(labels), _as_numpy(groups)
+    cv = _grouped_cv(labels, groups, n_splits, seed)
+    return [Fold(np.asarray(tr), np.asarray(te)) for tr, te in cv.split(np.zeros((len(labels), 1)), labels, groups)]
+
+
+def check_group_separation(splits: Sequence[Union[Fold, tuple]], groups: Any) -> None:
+    """Raise ValueError if any group (speaker) has clips on both sides of any split."""
+    groups = _as_numpy(groups)
+    for k, split in enumerate(splits):
+        train, test = (split.train, split.test) if isinstance(split, Fold) else split
+        shared = np.intersect1d(groups[np.asarray(train)], groups[np.asarray(test)])
+        if len(shared):
+            raise ValueError(f"split {k}: group(s) {shared[:5].tolist()} on both the training and the test side; "
+                             "a probe scored on speakers it was trained on can score by recognising their voices")
+
+
+def _check_folds(folds: list[Fold], labels: np.ndarray, groups: np.ndarray) -> None:
+    """Group separation; the test sides partition the samples; every training side has two classes or more."""
+    n = len(labels)
+    check_group_separation(folds, groups)
+    tested = np.zeros(n, dtype=int)
+    for k, fold in enumerate(folds):
+        if len(fold.train) == 0 or len(fold.test) == 0:
+            raise ValueError(f"split {k} has an empty training or test side")
+        if fold.train.min() < 0 or fold.test.min() < 0 or max(fold.train.max(), fold.test.max()) >= n:
+            raise ValueError(f"split {k} has row indices outside 0..{n - 1}")
+        if len(np.unique(labels[fold.train])) < 2:
+            raise ValueError(f"split {k}: the training side has a single class; use fewer splits or more speakers")
+        np.add.at(tested, fold.test, 1)
+    if not (tested == 1).all():
+        raise ValueError("the test sides of the splits must partition the samples (each sample tested exactly "
+                         f"once), but {int((tested == 0).sum())} are never tested and {int((tested > 1).sum())} "
+                         "more than once")
+
+
+def _as_folds(splits: Sequence[Union[Fold, tuple]]) -> list[Fold]:
+    out = []
+    for split in splits:
+        train, test = (split.train, split.test) if isinstance(split, Fold) else split
+        out.append(Fold(np.asarray(train, dtype=int), np.asarray(test, dtype=int)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The probe
+# ---------------------------------------------------------------------------------------------------------------
+
+def _fit_probe(X: np.ndarray, labels: np.ndarray, groups: np.ndarray, Cs: Sequence[float], inner_splits: int,
+               seed: int, n_jobs: int) -> tuple[Any, float]:
+    """Fit the probe on one outer training side, ``X`` ``(n_train, d)``, choosing ``C`` there and nowhere else.
+
+    The search for ``C`` is a ``GridSearchCV`` whose folds are grouped by speaker and stratified by class, with at
+    most as many folds as the rarest class has speakers here (so that every inner training side can keep every
+    class).
+    With a single ``C`` there is nothing to choose and the probe is fitted directly. Returns the fitted estimator
+    (refitted on the whole training side) and the chosen ``C``.
+    """
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=MAX_ITER))
+    if len(Cs) == 1:
+        return probe.set_params(**{_C_PARAM: Cs[0]}).fit(X, labels), float(Cs[0])
+    speakers_per_class = {c: len(np.unique(groups[labels == c])) for c in np.unique(labels).tolist()}
+    rarest = min(speakers_per_class, key=speakers_per_class.get)
+    n_inner = min(inner_splits, speakers_per_class[rarest])
+    if n_inner < 2:
+        raise ValueError(f"class {rarest!r} has a single speaker on this training side, too few for a speaker-grouped "
+                         "search of C; use fewer outer splits, more speakers, or a single C (Cs=(1.0,))")
+    cv = StratifiedGroupKFold(n_splits=n_inner, shuffle=True, random_state=seed)
+    search = GridSearchCV(probe, {_C_PARAM: list(Cs)}, cv=cv, scoring="accuracy", n_jobs=n_jobs, error_score="raise")
+    search.fit(X, labels, groups=groups)
+    return search.best_estimator_, float(search.best_params_[_C_PARAM])
+
+
+def _speaker_bootstrap(correct: np.ndarray, groups: np.ndarray, n_bootstrap: int, seed: int) -> np.ndarray:
+    """95% percentile interval of the pooled accuracy, resampling speakers with replacement.
+
+    ``correct`` is ``(n_layers, n_samples)`` booleans; returns ``(n_layers, 2)``. Every layer uses the same
+    resampled speakers, so intervals of different layers are paired.
+    """
+    if n_bootstrap <= 0:
+        return np.full((correct.shape[0], 2), np.nan)
+    _, g = np.unique(groups, return_inverse=True)
+    n_groups = g.max() + 1
+    hits = np.stack([np.bincount(g, weights=c, minlength=n_groups) for c in correct])   # (n_layers, n_groups)
+    sizes = np.bincount(g, minlength=n_groups)                                            # (n_groups,)
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_bootstrap)  # (n_bootstrap, n_groups)
+    accuracy = (draws @ hits.T) / (draws @ sizes)[:, None]                                # (n_bootstrap, n_layers)
+    return np.percentile(accuracy, [2.5, 97.5], axis=0).T
+
+
+def probe_layers(features: Any, labels: Any, groups: Any, *, n_splits: int = 5, Cs: Sequence[float] = DEFAULT_CS,
+                 inner_splits: int = 3, seed: int = 0, n_bootstrap: int = 1000, n_jobs: int = 1,
+                 splits: Union[Sequence[Union[Fold, tuple]], None] = None) -> ProbeResult:
+    """A linear probe per layer, scored on held-out speakers, with ``C`` chosen inside each training fold.
+
+    Args:
+        features: ``(n_samples, n_layers, d)``, numpy or torch. One "layer" (``(n, 1, d)``) for a log-mel baseline.
+        labels: ``(n_samples,)`` class labels (strings or integers; two classes or more).
+        groups: ``(n_samples,)`` speaker ids. Every class needs at least two speakers.
+        n_splits: outer folds (at most the number of speakers).
+        Cs: inverse regularisation strengths searched inside each training fold (ties go to the first); a single
+            value skips the search.
+        inner_splits: folds of the inner, speaker-grouped search for ``C`` (fewer when the rarest class has fewer
+            speakers on the training side).
+        seed: seeds the outer and inner splits and the bootstrap.
+        n_bootstrap: speaker-bootstrap resamples for ``ci_low``/``ci_high`` (0: no interval, NaN).
+        n_jobs: parallel fits inside each search for ``C`` (``GridSearchCV.n_jobs``).
+        splits: outer splits to use instead of making them (:class:`Fold` or ``(train, test)`` index pairs); their
+            test sides must partition the samples. :func:`shuffled_label_control` passes the probe's splits here.
+
+    Returns:
+        A :class:`ProbeResult`; ``result.table`` has one row per layer.
+
+    Raises:
+        ValueError: on mismatched lengths, a wrong shape, non-finite features, a single class, a class with only
+            one speaker, more splits than speakers, or splits that put a speaker on both sides.
+    """
+    features, labels, groups = _check_inputs(features, labels, groups)
+    if len(Cs) == 0:
+        raise ValueError("Cs must hold at least one value")
+    if splits is None:
+        cv = _grouped_cv(labels, groups, n_splits, seed)
+        folds = [Fold(np.asarray(tr), np.asarray(te))
+                 for tr, te in cv.split(np.zeros((len(labels), 1)), labels, groups)]
+        splitter = type(cv).__name__
+    else:
+        folds, splitter = _as_folds(splits), "given"
+    _check_folds(folds, labels, groups)
+
+    n_samples, n_layers, _ = features.shape
+    predictions = np.empty((n_layers, n_samples), dtype=labels.dtype)
+    fold_accuracy = np.zeros((n_layers, len(folds)))
+    chosen_C = np.zeros((n_layers, len(folds)))
+    for layer in range(n_layers):
+        X = np.asarray(features[:, layer, :], dtype=np.float64)       # (n_samples, d)
+        for k, fold in enumerate(folds):
+            try:
+                probe, chosen_C[layer, k] = _fit_probe(X[fold.train], labels[fold.train], groups[fold.train], Cs,
+                                                       inner_splits, seed, n_jobs)
+            except ValueError as err:
+                raise ValueError(f"layer {layer}, outer fold {k}: {err}") from err
+            predicted = probe.predict(X[fold.test])
+            predictions[layer, fold.test] = predicted
+            fold_accuracy[layer, k] = np.mean(predicted == labels[fold.test])
+
+    classes = np.unique(labels)
+    correct = predictions == labels[None, :]                            # (n_layers, n_samples)
+    interval = _speaker_bootstrap(correct, groups, n_bootstrap, seed)   # (n_layers, 2)
+    confusion = np.stack([confusion_matrix(labels, predictions[layer], labels=classes) for layer in range(n_layers)])
+    table = pd.DataFrame({
+        "layer": np.arange(n_layers),
+        "accuracy": fold_accuracy.mean(axis=1),
+        "accuracy_std": fold_accuracy.std(axis=1, ddof=1),
+        "pooled_accuracy": correct.mean(axis=1),
+        "ci_low": interval[:, 0],
+        "ci_high": interval[:, 1],
+        "chance": np.unique(labels, return_counts=True)[1].max() / n_samples,
+        "chosen_C": [tuple(float(c) for c in row) for row in chosen_C],
+        "n_samples": n_samples,
+        "n_groups": len(np.unique(groups)),
+        "n_classes": len(classes),
+        "n_folds": len(folds),
+    })
+    return ProbeResult(table=table, classes=classes, confusion=confusion, predictions=predictions,
+                       fold_accuracy=fold_accuracy, chosen_C=chosen_C, splits=folds, labels=labels, groups=groups,
+                       splitter=splitter)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Controls and summaries
+# ---------------------------------------------------------------------------------------------------------------
+
+def _permute_labels(labels: np.ndarray, groups: np.ndarray, level: str, seed: int) -> tuple[np.ndarray, str]:
+    """Permuted labels and the level used: ``"group"`` relabels whole speakers (only possible when each speaker has
+    one label), ``"clip"`` permutes clips; ``"auto"`` picks ``"group"`` when possible."""
+    if level not in ("auto", "group", "clip"):
+        raise ValueError(f"level must be 'auto', 'group' or 'clip', got {level!r}")
+    _, g = np.unique(groups, return_inverse=True)
+    _, first = np.unique(g, return_index=True)
+    group_labels = labels[first]                                        # (n_groups,)
+    constant = bool((labels == group_labels[g]).all())
+    if level == "auto":
+        level = "group" if constant else "clip"
+    rng = np.random.default_rng(seed)
+    if level == "group":
+        if not constant:
+            raise ValueError("level='group' needs labels that are constant within each group (speaker)")
+        return rng.permutation(group_labels)[g], level
+    return rng.permutation(labels), level
+
+
+def shuffled_label_control(features: Any, labels: Any, groups: Any, *, level: str = "auto",
+                           permutation_seed: int = 0, n_splits: int = 5, Cs: Sequence[float] = DEFAULT_CS,
+                           inner_splits: int = 3, seed: int = 0, n_bootstrap: int = 1000, n_jobs: int = 1,
+                           splits: Union[Sequence[Union[Fold, tuple]], None] = None) -> ProbeResult:
+    """The same probe on permuted labels: the accuracy a probe reaches when there is nothing to find.
+
+    The outer splits are those :func:`probe_layers` makes for the *true* labels with the same ``n_splits`` and
+    ``seed`` (or ``splits`` when given, e.g. ``result.splits``), so probe and control are scored on the same
+    held-out speakers. With ``level="auto"`` a label that is constant within each speaker (gender, accent) is
+    permuted across speakers (each speaker gets another speaker's label, all its clips together, and each class
+    keeps its number of speakers); a label that varies within speakers is permuted across clips. One call is one
+    permutation, one draw from the null: on small data it can land several points from chance, so call it with
+    several ``permutation_seed`` values for a spread.
+
+    Arguments are those of :func:`probe_layers`, plus ``level`` (``"auto"``, ``"group"`` or ``"clip"``) and
+    ``permutation_seed``. Returns a :class:`ProbeResult` whose ``labels`` are the permuted ones and whose
+    ``control`` says how they were made.
+    """
+    features, labels, groups = _check_inputs(features, labels, groups)
+    if splits is None:
+        splits = grouped_splits(labels, groups, n_splits=n_splits, seed=seed)
+    permuted, level = _permute_labels(labels, groups, level, permutation_seed)
+    result = probe_layers(features, permuted, groups, n_splits=n_splits, Cs=Cs, inner_splits=inner_splits, seed=seed,
+                          n_bootstrap=n_bootstrap, n_jobs=n_jobs, splits=splits)
+    result.control = f"shuffled labels ({level} level, permutation_seed={permutation_seed})"
+    return result
+
+
+def _table(result: Union[ProbeResult, pd.DataFrame]) -> pd.DataFrame:
+    return result.table if isinstance(result, ProbeResult) else result
+
+
+def selectivity(probe_table: Union[ProbeResult, pd.DataFrame],
+                control_table: Union[ProbeResult, pd.DataFrame]) -> pd.DataFrame:
+    """Probe minus control accuracy per layer: columns ``layer, probe_accuracy, control_accuracy, selectivity``.
+
+    Takes :class:`ProbeResult` objects or their tables; both must cover the same layers.
+    """
+    probe = _table(probe_table).set_index("layer")["accuracy"].sort_index()
+    control = _table(control_table).set_index("layer")["accuracy"].sort_index()
+    if not probe.index.equals(control.index):
+        raise ValueError(f"probe and control cover different layers: {probe.index.tolist()} vs "
+                         f"{control.index.tolist()}")
+    return pd.DataFrame({"layer": probe.index.to_numpy(), "probe_accuracy": probe.to_numpy(),
+                         "control_accuracy": control.to_numpy(), "selectivity": (probe - control).to_numpy()})
+
+
+def best_layer(table: Union[ProbeResult, pd.DataFrame]) -> int:
+    """The layer with the highest mean accuracy; among ties (within 1e-12) the earliest."""
+    table = _table(table)
+    accuracy = table["accuracy"].to_numpy(dtype=float)
+    return int(table.loc[accuracy >= np.nanmax(accuracy) - 1e-12, "layer"].min())
+
+
+def normalised_depth(layer: int, n_layers: int) -> float:
+    """``layer / (n_layers - 1)``: 0 for the first layer, 1 for the last, so models of different depth compare
+    (0 when there is a single layer)."""
+    if n_layers < 1 or not 0 <= layer < n_layers:
+        raise ValueError(f"need 0 <= layer < n_layers, got layer={layer}, n_layers={n_layers}")
+    return 0.0 if n_layers == 1 else layer / (n_layers - 1)
+
+
+def projection_2d(features: Any, labels: Any, *, groups: Any = None, standardise: bool = True) -> pd.DataFrame:
+    """The first two principal components of one layer's features, for a scatter plot.
+
+    Args:
+        features: ``(n_samples, d)``: one layer, e.g. ``features[:, layer, :]``.
+        labels: ``(n_samples,)``; copied into the ``label`` column.
+        groups: optional ``(n_samples,)`` speaker ids (a ``group`` column).
+        standardise: scale each dimension to unit variance first, as the probe does.
+
+    Returns:
+        A DataFrame with ``pc1, pc2, label`` (and ``group``); ``.attrs["explained_variance_ratio"]`` holds the two
+        components' shares of the variance.
+    """
+    X, labels = _as_numpy(features).astype(np.float64), _as_numpy(labels)
+    if X.ndim != 2 or X.shape[0] != len(labels) or X.shape[0] < 2 or X.shape[1] < 2:
+        raise ValueError(f"features must be (n_samples >= 2, d >= 2) matching labels ({len(labels)}), got {X.shape}")
+    if standardise:
+        X = StandardScaler().fit_transform(X)
+    pca = PCA(n_components=2, svd_solver="full").fit(X)
+    coords = pca.transform(X)
+    frame = pd.DataFrame({"pc1": coords[:, 0], "pc2": coords[:, 1], "label": labels})
+    if groups is not None:
+        frame["group"] = _as_numpy(groups)
+    frame.attrs["explained_variance_ratio"] = tuple(float(v) for v in pca.explained_variance_ratio_)
+    return frame

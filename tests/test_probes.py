@@ -1,0 +1,242 @@
+"""Per-layer probes on small synthetic data: 24 speakers x 5 clips, 4 layers of width 16, every layer carrying a
+speaker-specific offset (so a probe could score by recognising voices), and a label-dependent mean shift planted
+at layer 2 only."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from asrinterp_utils import probes
+from asrinterp_utils.probes import (Fold, ProbeResult, best_layer, check_group_separation, grouped_splits,
+                                    normalised_depth, probe_layers, projection_2d, selectivity,
+                                    shuffled_label_control)
+
+N_SPEAKERS, CLIPS, N_LAYERS, D, SIGNAL_LAYER = 24, 5, 4, 16, 2
+
+
+def synthetic(*, n_classes: int = 2, per_speaker: bool = False, signal_layer: int | None = SIGNAL_LAYER,
+              n_layers: int = N_LAYERS, shift: float = 3.0, speaker_scale: float = 1.0, seed: int = 0):
+    """features ``(120, n_layers, 16)``, labels ``(120,)`` and speaker ids ``(120,)``.
+
+    Labels vary within speakers (balanced over all clips) unless ``per_speaker`` (a speaker property, like
+    gender). At ``signal_layer`` each class's clips are shifted by ``shift`` along a class direction."""
+    rng = np.random.default_rng(seed)
+    n = N_SPEAKERS * CLIPS
+    groups = np.repeat([f"spk{i:02d}" for i in range(N_SPEAKERS)], CLIPS)
+    if per_speaker:
+        labels = np.repeat(rng.permutation(np.arange(N_SPEAKERS) % n_classes), CLIPS)
+    else:
+        labels = rng.permutation(np.arange(n) % n_classes)
+    speaker = speaker_scale * rng.normal(size=(N_SPEAKERS, n_layers, D))
+    features = rng.normal(size=(n, n_layers, D)) + np.repeat(speaker, CLIPS, axis=0)
+    if signal_layer is not None:
+        directions = np.linalg.qr(rng.normal(size=(D, n_classes)))[0].T      # (n_classes, D), orthonormal
+        features[:, signal_layer, :] += shift * directions[labels]
+    return features, labels, groups
+
+
+@pytest.fixture(scope="module")
+def planted():
+    features, labels, groups = synthetic()
+    return features, labels, groups, probe_layers(features, labels, groups)
+
+
+def test_planted_signal_is_found_at_its_layer_only(planted):
+    _, _, _, result = planted
+    table = result.table
+    assert isinstance(result, ProbeResult) and result.splitter == "StratifiedGroupKFold"
+    assert list(table["layer"]) == [0, 1, 2, 3]
+    assert best_layer(result) == SIGNAL_LAYER
+    assert table.loc[SIGNAL_LAYER, "accuracy"] > 0.85
+    assert table.loc[SIGNAL_LAYER, "ci_low"] > 0.75
+    chance = table.loc[0, "chance"]
+    assert chance == pytest.approx(0.5)
+    for layer in (0, 1, 3):
+        assert abs(table.loc[layer, "accuracy"] - chance) < 0.2
+        assert table.loc[layer, "ci_low"] < chance + 0.05   # no evidence of signal where none was planted
+    assert (table["n_samples"] == 120).all() and (table["n_groups"] == N_SPEAKERS).all()
+    assert (table["n_classes"] == 2).all() and (table["n_folds"] == 5).all()
+
+
+def test_result_holds_consistent_raw_material(planted):
+    _, labels, groups, result = planted
+    table = result.table
+    assert result.predictions.shape == (N_LAYERS, 120) and result.fold_accuracy.shape == (N_LAYERS, 5)
+    assert result.confusion.shape == (N_LAYERS, 2, 2)
+    assert (result.confusion.sum(axis=(1, 2)) == 120).all()
+    pooled = np.trace(result.confusion, axis1=1, axis2=2) / 120
+    np.testing.assert_allclose(pooled, table["pooled_accuracy"])
+    np.testing.assert_allclose(result.fold_accuracy.mean(axis=1), table["accuracy"])
+    assert (table["ci_low"] <= table["pooled_accuracy"]).all() and (table["pooled_accuracy"] <= table["ci_high"]).all()
+    frame = result.predictions_frame()
+    assert len(frame) == N_LAYERS * 120
+    np.testing.assert_allclose(frame.groupby("layer")["correct"].mean(), table["pooled_accuracy"])
+    assert result.confusion_frame(SIGNAL_LAYER).shape == (2, 2)
+    np.testing.assert_array_equal(result.labels, labels)
+    np.testing.assert_array_equal(result.groups, groups)
+
+
+def test_no_speaker_on_both_sides_of_any_split_used(planted):
+    _, _, groups, result = planted
+    assert len(result.splits) == 5
+    tested = np.concatenate([fold.test for fold in result.splits])
+    assert sorted(tested) == list(range(120))   # every clip is tested exactly once
+    for fold in result.splits:
+        assert not set(groups[fold.train]) & set(groups[fold.test])
+        assert len(fold.train) + len(fold.test) == 120
+    check_group_separation(result.splits, groups)   # the public check agrees
+    # the splits are those grouped_splits makes, so a control can reuse them
+    again = grouped_splits(result.labels, groups, n_splits=5, seed=0)
+    for a, b in zip(again, result.splits, strict=True):
+        np.testing.assert_array_equal(a.test, b.test)
+
+
+def test_C_is_chosen_per_fold_from_the_grid(planted):
+    _, _, _, result = planted
+    assert result.chosen_C.shape == (N_LAYERS, 5)
+    assert set(result.chosen_C.ravel()) <= set(probes.DEFAULT_CS)
+    assert all(len(cs) == 5 for cs in result.table["chosen_C"])
+
+
+def test_C_selection_sees_only_training_rows(monkeypatch):
+    """Spy on every search for C: the rows it is given (identified by a planted row id) are exactly one outer
+    training side, its inner folds are grouped by speaker, and it never sees a test row of that split."""
+    features, labels, groups = synthetic(n_layers=2, signal_layer=1)
+    features = np.concatenate([features, np.broadcast_to(np.arange(120.0)[:, None, None], (120, 2, 1))], axis=2)
+    calls = []
+
+    class SpyGridSearchCV(GridSearchCV):
+        def fit(self, X, y=None, **params):
+            inner = list(self.cv.split(X, y, params["groups"]))
+            calls.append({"rows": X[:, -1].astype(int), "groups": params["groups"], "inner": inner})
+            return super().fit(X, y, **params)
+
+    monkeypatch.setattr(probes, "GridSearchCV", SpyGridSearchCV)
+    result = probe_layers(features, labels, groups, n_splits=4, Cs=(0.01, 1.0), n_bootstrap=0)
+    assert len(calls) == 2 * 4   # one search per layer and outer fold
+    for i, call in enumerate(calls):
+        fold = result.splits[i % 4]   # layer by layer, fold by fold
+        np.testing.assert_array_equal(np.sort(call["rows"]), np.sort(fold.train))
+        assert not set(call["rows"]) & set(fold.test)
+        np.testing.assert_array_equal(call["groups"], groups[call["rows"]])
+        for inner_train, inner_test in call["inner"]:
+            assert not set(call["groups"][inner_train]) & set(call["groups"][inner_test])
+    assert set(result.chosen_C.ravel()) <= {0.01, 1.0}
+
+
+def test_shuffled_labels_give_chance_and_positive_selectivity(planted):
+    features, labels, groups, result = planted
+    control = shuffled_label_control(features, labels, groups)
+    assert control.control.startswith("shuffled labels (clip level")
+    assert not np.array_equal(control.labels, labels)
+    assert sorted(control.labels) == sorted(labels)          # a permutation
+    for a, b in zip(control.splits, result.splits, strict=True):          # scored on the same held-out speakers
+        np.testing.assert_array_equal(a.test, b.test)
+    accuracy = control.table["accuracy"]
+    assert (abs(accuracy - 0.5) < 0.2).all()
+    assert abs(accuracy.mean() - 0.5) < 0.1
+    sel = selectivity(result, control)
+    assert list(sel.columns) == ["layer", "probe_accuracy", "control_accuracy", "selectivity"]
+    np.testing.assert_allclose(sel["selectivity"], result.table["accuracy"] - control.table["accuracy"])
+    assert sel["selectivity"].idxmax() == SIGNAL_LAYER and sel.loc[SIGNAL_LAYER, "selectivity"] > 0.3
+    sel_tables = selectivity(result.table, control.table)    # tables work too
+    pd.testing.assert_frame_equal(sel, sel_tables)
+    with pytest.raises(ValueError, match="different layers"):
+        selectivity(result, control.table.iloc[:2])
+
+
+def test_speaker_level_labels_are_permuted_per_speaker_and_not_leaked():
+    """A gender-like label (one per speaker) with strong speaker offsets and no planted signal: an ungrouped CV
+    scores well by recognising voices, the grouped probe does not; the control relabels whole speakers."""
+    features, labels, groups = synthetic(per_speaker=True, signal_layer=None, speaker_scale=2.0, n_layers=1)
+    leaky = cross_val_score(make_pipeline(StandardScaler(), LogisticRegression(C=10, max_iter=10_000)),
+                            features[:, 0], labels, cv=StratifiedKFold(5, shuffle=True, random_state=0)).mean()
+    grouped = probe_layers(features, labels, groups, n_bootstrap=200).table.loc[0, "accuracy"]
+    assert leaky > 0.75 and grouped < 0.7
+    control = shuffled_label_control(features, labels, groups, n_bootstrap=200)
+    assert control.control.startswith("shuffled labels (group level")
+    per_speaker = pd.Series(control.labels).groupby(groups).nunique()
+    assert (per_speaker == 1).all()                           # each speaker keeps a single label
+    assert (np.bincount(control.labels) == np.bincount(labels)).all()   # class sizes kept
+    with pytest.raises(ValueError, match="constant within each group"):
+        shuffled_label_control(*synthetic(n_layers=1, signal_layer=0), level="group")
+
+
+def test_three_classes_and_their_confusion_matrix():
+    features, labels, groups = synthetic(n_classes=3, seed=1)
+    names = np.array(["a", "b", "c"])[labels]                 # string labels
+    result = probe_layers(features, names, groups, n_bootstrap=200)
+    assert list(result.classes) == ["a", "b", "c"]
+    assert result.confusion.shape == (N_LAYERS, 3, 3)
+    assert (result.confusion.sum(axis=(1, 2)) == 120).all()
+    np.testing.assert_array_equal(result.confusion[0].sum(axis=1), [40, 40, 40])   # rows are the true classes
+    assert best_layer(result) == SIGNAL_LAYER and result.table.loc[SIGNAL_LAYER, "accuracy"] > 0.7
+    assert result.table.loc[0, "chance"] == pytest.approx(1 / 3)
+    assert list(result.confusion_frame(SIGNAL_LAYER).index) == ["a", "b", "c"]
+
+
+def test_single_layer_torch_features_as_for_a_log_mel_baseline():
+    features, labels, groups = synthetic(signal_layer=0, n_layers=1)
+    as_torch = torch.from_numpy(features).to(torch.bfloat16)     # (n, 1, d), a dtype numpy lacks
+    result = probe_layers(as_torch, torch.from_numpy(labels), groups, Cs=(1.0,), n_bootstrap=100)
+    assert len(result.table) == 1 and result.table.loc[0, "accuracy"] > 0.85
+    assert (result.chosen_C == 1.0).all()
+
+
+def test_bad_inputs_raise_clear_errors():
+    features, labels, groups = synthetic(n_layers=1, signal_layer=0)
+    with pytest.raises(ValueError, match="lengths differ"):
+        probe_layers(features, labels[:-1], groups)
+    with pytest.raises(ValueError, match="transpose"):             # (layers, n, d) from ActivationCache.stack
+        probe_layers(features.transpose(1, 0, 2), labels, groups)
+    with pytest.raises(ValueError, match=r"\(n_samples, n_layers, d\)"):
+        probe_layers(features[:, 0, :], labels, groups)
+    lonely = labels.copy()
+    lonely[groups == "spk03"] = 7                                 # class 7 is spoken by one speaker only
+    with pytest.raises(ValueError, match="at least two groups.*class 7 only in group 'spk03'"):
+        probe_layers(features, lonely, groups)
+    with pytest.raises(ValueError, match="at least two classes"):
+        probe_layers(features, np.zeros(120, dtype=int), groups)
+    with pytest.raises(ValueError, match="more than the 24 groups"):
+        probe_layers(features, labels, groups, n_splits=25)
+    bad = features.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        probe_layers(bad, labels, groups)
+
+
+def test_splits_that_share_a_speaker_are_refused():
+    features, labels, groups = synthetic(n_layers=1, signal_layer=0)
+    good = grouped_splits(labels, groups, n_splits=5)
+    leaky = list(good)
+    moved = good[0].test[:1]                                      # one clip of a test speaker moved to training
+    leaky[0] = Fold(np.concatenate([good[0].train, moved]), good[0].test[1:])
+    leaky[1] = Fold(good[1].train, np.concatenate([good[1].test, moved]))
+    with pytest.raises(ValueError, match="on both the training and the test side"):
+        probe_layers(features, labels, groups, splits=leaky)
+    with pytest.raises(ValueError, match="partition"):
+        probe_layers(features, labels, groups, splits=[(f.train, f.test) for f in good[:4]])
+
+
+def test_best_layer_ties_and_normalised_depth():
+    table = pd.DataFrame({"layer": [0, 1, 2, 3], "accuracy": [0.5, 0.8, 0.8, 0.7]})
+    assert best_layer(table) == 1
+    assert normalised_depth(0, 4) == 0.0 and normalised_depth(3, 4) == 1.0 and normalised_depth(1, 3) == 0.5
+    assert normalised_depth(0, 1) == 0.0
+    with pytest.raises(ValueError):
+        normalised_depth(4, 4)
+
+
+def test_projection_2d():
+    features, labels, groups = synthetic()
+    frame = projection_2d(features[:, SIGNAL_LAYER], labels, groups=groups)
+    assert list(frame.columns) == ["pc1", "pc2", "label", "group"] and len(frame) == 120
+    assert len(frame.attrs["explained_variance_ratio"]) == 2
+    with pytest.raises(ValueError):
+        projection_2d(features, labels)
