@@ -1,0 +1,574 @@
+"""Pooled features for many clips: written shard by shard, resumable, and split across processes.
+
+A probe or a sparse autoencoder wants one vector per clip and per hook point, for thousands of clips: more
+than fits in memory as raw audio or as full activations. :func:`extract_features` walks the clips batch by
+batch, pools each batch's activations on the fly with :func:`~asrinterp_utils.cache.cache_activations`, and
+writes the pooled vectors to disk one shard (``shard_size`` clips) at a time:
+
+>>> store = extract_features(lm, clips, "enc.*.resid_post", out_dir="feats/enc", pool="mean")
+>>> store.load().shape         # (n_clips, n_points, d_model) float32, in clip order
+(1000, 4, 384)
+
+At any moment it holds one batch of audio and activations, plus the pooled vectors of the current shard.
+``clips`` may be a list of arrays, or anything that loads them by index: :class:`LazyClips` (a table of wav
+paths plus a loader), a custom ``Sequence``, or a function ``i -> clip`` with ``n_clips``.
+
+What is pooled
+--------------
+``side="encoder"``: only the encoder runs; ``pool="mean"`` or ``"max"`` over the clip's real frames
+(``n_valid_frames`` of :meth:`~asrinterp_utils.models.LoadedModel.features`), never over the padding up to 30 s.
+
+``side="decoder"``: the model decodes its own greedy hypothesis (``lm.generate_ids(None, encoder_states=...)``,
+from the encoder output, so the encoder runs once per batch), then the decoder is teacher-forced on it. The pooled span is the *generated tokens*: the text tokens and the closing ``<|endoftext|>`` (absent only
+when the text was cut at ``max_new_tokens``), so it is never empty, not even for an empty transcript. The prompt
+(``<|startoftranscript|>`` ...) is left out: it is run first, without hooks, and the generated tokens are then
+run on its key/value cache, so the hooks see absolute positions from ``len(prompt)`` on and
+``n_tokens = len(prompt) + n_generated`` masks the padding after each row's end. ``pool`` is ``"mean"``,
+``"max"`` or ``"last"`` (the state at the final generated token).
+
+On disk
+-------
+::
+
+    out_dir/config.json               what is extracted and its hash; written first, checked by every rerun
+    out_dir/shard-00000.safetensors   features (n, n_points, d) float32, clip_index (n,), n_positions (n,);
+    out_dir/shard-00001.safetensors   metadata: the config hash
+    out_dir/manifest.json             written last, when every shard is there
+
+A shard is written to a hidden temporary file and renamed, so a shard file that exists is complete: a rerun
+after an interruption skips it, and removes temporary files left by the interrupted run. A folder written with
+another configuration (hook points, pool, side, model, clip list, shard size, ...) is refused with
+:class:`ConfigMismatchError` instead of mixing shards. The model is identified by its name, dtype and config (not
+a hash of its weights: too slow for large models); the clips by ``clip_ids``, the items of a :class:`LazyClips` or
+the samples of a list of arrays (a function or other lazy sequence only by its length: pass ``clip_ids``). The
+batch size, device and number of processes are not part of the configuration: they do not change which clip goes
+into which shard.
+
+Several processes
+-----------------
+With ``num_processes=n``, process ``i`` computes shards ``i, i + n, i + 2n, ...`` and writes only those; after all
+have finished, :func:`merge_manifests` (or :meth:`FeatureStore.open`) checks that every shard is there and writes
+the manifest. :func:`run_with_accelerate` does this wiring with Hugging Face Accelerate, so the same script runs
+as one process (``python script.py``) or several (``accelerate launch --num_processes 2 script.py`` with two GPUs,
+``torchrun --nproc_per_node 2 script.py`` on CPUs); ``scripts/extract_features.py`` is such a script.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Union
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .cache import cache_activations
+from .hooks import hf_model, resolve_hook_points, whisper_core
+
+__all__ = ["ConfigMismatchError", "FeatureStore", "LazyClips", "Shard", "extract_features", "merge_manifests",
+           "plan_shards", "pool_batch", "run_with_accelerate", "accelerate_state"]
+
+FORMAT = 1  # bump when the folder layout changes: older folders are then refused
+POOLS = ("mean", "max", "last")
+SIDES = ("encoder", "decoder")
+CONFIG_FILE = "config.json"
+MANIFEST_FILE = "manifest.json"
+
+PathLike = Union[str, os.PathLike]
+
+
+class ConfigMismatchError(ValueError):
+    """The output folder holds features extracted with another configuration; the message lists what differs."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Clips, loaded lazily
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LazyClips(Sequence):
+    """A sequence of clips loaded one at a time: ``clips[i]`` is ``loader(items[i])``.
+
+    ``items`` is anything indexable by position: a list of paths, a pandas Series (``table.path``) or DataFrame
+    (then ``loader`` gets a row). E.g. ``LazyClips(table.path, clip_audio)``. The items (their ``repr``) identify
+    the clips in the folder's configuration, so a changed clip list is noticed without loading any audio.
+    """
+
+    items: Any
+    loader: Callable[[Any], np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not isinstance(i, (int, np.integer)):
+            raise TypeError(f"LazyClips takes one integer index, got {type(i).__name__}")
+        items = self.items.iloc if hasattr(self.items, "iloc") else self.items
+        return self.loader(items[i])
+
+    def clip_keys(self) -> Iterator[str]:
+        """One string per clip that identifies it (the item's ``repr``; a DataFrame row as a record)."""
+        if hasattr(self.items, "columns"):  # a DataFrame: one record per row
+            return (repr(r) for r in self.items.to_dict("records"))
+        return (repr(x) for x in self.items)
+
+
+def _clip_getter(clips: Any, n_clips: int | None) -> tuple[int, Callable[[int], np.ndarray]]:
+    """The number of clips and a function ``i -> clip``."""
+    if callable(clips) and not hasattr(clips, "__getitem__"):
+        if n_clips is None:
+            raise ValueError("clips is a function i -> clip: pass n_clips as well.")
+        return int(n_clips), clips
+    n = len(clips)
+    if n_clips is not None and int(n_clips) != n:
+        raise ValueError(f"n_clips={n_clips} but clips holds {n}; leave n_clips out for a sequence.")
+    return n, clips.__getitem__
+
+
+def _clips_fingerprint(clips: Any, n: int, clip_ids: Sequence | None) -> dict:
+    """What identifies the clip list, for the folder's configuration: ``{"by": how, "sha256": hash}``.
+
+    ``clip_ids`` if given; else the items of a :class:`LazyClips`; else the samples of an in-memory list of
+    arrays. A function or another lazy sequence is identified only by its length (pass ``clip_ids``).
+    """
+    digest = hashlib.sha256()
+    if clip_ids is not None:
+        if len(clip_ids) != n:
+            raise ValueError(f"clip_ids has {len(clip_ids)} entries for {n} clips.")
+        how = "clip_ids"
+        for key in clip_ids:
+            digest.update(str(key).encode() + b"\0")
+    elif isinstance(clips, LazyClips):
+        how = "items"
+        for key in clips.clip_keys():
+            digest.update(key.encode() + b"\0")
+    elif isinstance(clips, (list, tuple)):
+        how = "samples"
+        for clip in clips:
+            samples = np.ascontiguousarray(clip, dtype=np.float32)
+            digest.update(str(samples.shape).encode() + samples.tobytes())
+    else:
+        how = "count only (pass clip_ids to identify the clips)"
+    digest.update(str(n).encode())
+    return {"by": how, "sha256": digest.hexdigest()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The configuration of a folder
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _model_fingerprint(lm: Any) -> dict:
+    """Name, dtype and a hash of the Hugging Face config (weights are not hashed: too slow for large models)."""
+    model = hf_model(lm)
+    config = {k: v for k, v in model.config.to_dict().items()
+              if k not in ("transformers_version", "_name_or_path", "dtype", "torch_dtype")
+              and "attn_implementation" not in k}
+    text = json.dumps(config, sort_keys=True, default=str)
+    return {"model": str(getattr(lm, "name", type(model).__name__)),
+            "model_config_sha256": hashlib.sha256(text.encode()).hexdigest(),
+            "dtype": str(next(model.parameters()).dtype)}
+
+
+def _config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _write_json_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(payload, indent=1))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _read_config(out_dir: Path) -> dict:
+    path = out_dir / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{out_dir} has no {CONFIG_FILE}: it is not a folder written by extract_features.")
+    return json.loads(path.read_text())
+
+
+def _claim_folder(out_dir: Path, config: dict) -> str:
+    """Create ``out_dir`` with this configuration, or check that it already holds this configuration. Returns
+    the config hash; raises :class:`ConfigMismatchError` when the folder was written with another one."""
+    config_hash = _config_hash(config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if (out_dir / CONFIG_FILE).is_file():
+        old = _read_config(out_dir)
+        if old.get("hash") != config_hash:
+            raise ConfigMismatchError(_explain_mismatch(out_dir, old.get("config", {}), config))
+    else:  # several processes may write it at once: same content, atomic rename
+        _write_json_atomic(out_dir / CONFIG_FILE, {"hash": config_hash, "config": config})
+    return config_hash
+
+
+def _explain_mismatch(out_dir: Path, old: dict, new: dict) -> str:
+    lines = [f"  {key}: the folder has {old.get(key)!r}, this call asks for {new.get(key)!r}"
+             for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+    return (f"{out_dir} holds features extracted with another configuration:\n" + "\n".join(lines) +
+            "\nIts shards cannot be mixed with these: pass another out_dir, or delete this one to start over.")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shards
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Clips ``start .. stop - 1``, stored in :attr:`file`."""
+
+    index: int
+    start: int
+    stop: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def file(self) -> str:
+        return f"shard-{self.index:05d}.safetensors"
+
+
+def plan_shards(n_clips: int, shard_size: int) -> list[Shard]:
+    """Consecutive shards of ``shard_size`` clips (the last one shorter)."""
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be at least 1, got {shard_size}")
+    return [Shard(i, start, min(start + shard_size, n_clips))
+            for i, start in enumerate(range(0, n_clips, shard_size))]
+
+
+def _remove_temp_files(out_dir: Path, shard: Shard) -> None:
+    """Remove what an interrupted write of ``shard`` left behind (only this shard's: other processes may be
+    writing theirs)."""
+    for leftover in out_dir.glob(f".{shard.file}.tmp-*"):
+        leftover.unlink(missing_ok=True)
+
+
+def _shard_is_done(out_dir: Path, shard: Shard, config_hash: str) -> bool:
+    """Whether the shard's file exists and holds this configuration's clips ``start .. stop - 1``."""
+    from safetensors import safe_open
+
+    path = out_dir / shard.file
+    if not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            written_by = (f.metadata() or {}).get("config_hash")
+            clip_index = f.get_tensor("clip_index")
+    except Exception:  # unreadable (a damaged disk; renames never leave half files): compute it again
+        return False
+    if written_by != config_hash:
+        raise ConfigMismatchError(
+            f"{path} was written with another configuration (hash {written_by}, this call {config_hash}); its "
+            "folder's config.json was changed or removed. Pass another out_dir, or delete this one to start over.")
+    return clip_index.tolist() == list(range(shard.start, shard.stop))
+
+
+def _write_shard(out_dir: Path, shard: Shard, features: np.ndarray, n_positions: np.ndarray,
+                 config_hash: str) -> None:
+    """Write ``features (len(shard), n_points, d)`` atomically: a temporary file, then a rename."""
+    from safetensors.numpy import save_file
+
+    path = out_dir / shard.file
+    tmp = path.with_name(f".{shard.file}.tmp-{os.getpid()}")
+    tensors = {"features": np.ascontiguousarray(features, dtype=np.float32),
+               "clip_index": np.arange(shard.start, shard.stop, dtype=np.int64),
+               "n_positions": np.asarray(n_positions, dtype=np.int64)}
+    try:
+        save_file(tensors, str(tmp), metadata={"config_hash": config_hash, "shard": str(shard.index)})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One batch
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _check_points(lm: Any, names: Any, side: str) -> list[str]:
+    """Resolve ``names`` to hook-point names and check they belong to ``side`` and can be pooled."""
+    points = resolve_hook_points(lm, names)
+    if not points:
+        raise ValueError(f"{names!r} selects no hook point.")
+    wanted = "enc" if side == "encoder" else "dec"
+    wrong = [p.name for p in points if p.side != wanted]
+    if wrong:
+        raise ValueError(f"side={side!r} runs only the {side}, but {wrong} are not {side} points; extract them "
+                         "with the other side, into another folder.")
+    patterns = [p.name for p in points if p.is_pattern]
+    if patterns:
+        raise ValueError(f"{patterns} are attention patterns, which cannot be pooled into feature vectors.")
+    return [p.name for p in points]
+
+
+def _generated_lengths(new_ids: torch.Tensor, end_of_text: int) -> torch.Tensor:
+    """``(batch,)``: generated tokens per row of ``new_ids (batch, n_new)``, up to and including the first
+    ``<|endoftext|>`` (all ``n_new`` when a row has none: cut at ``max_new_tokens``)."""
+    is_end = new_ids == end_of_text
+    first_end = is_end.int().argmax(dim=1)
+    return torch.where(is_end.any(dim=1), first_end + 1, torch.full_like(first_end, new_ids.shape[1]))
+
+
+@torch.no_grad()
+def pool_batch(lm: Any, audio: Sequence[np.ndarray], names: Sequence[str], *, side: str = "encoder",
+               pool: str = "mean", max_new_tokens: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled features of one batch of clips (see the module docstring for what is pooled).
+
+    Args:
+        lm: a :class:`~asrinterp_utils.models.LoadedModel` (``features``, ``generate_ids``, ``prompt_ids``).
+        audio: the batch's clips, each ``(n_samples,)`` float32 at 16 kHz.
+        names: exact hook-point names, all on ``side``.
+
+    Returns:
+        ``features (batch, n_points, d)`` float32 on the CPU, points in the order of ``names``, and
+        ``n_positions (batch,)``: the frames (encoder) or generated tokens (decoder) that were pooled.
+    """
+    feats, n_frames = lm.features(audio)  # (batch, n_mels, 3000), (batch,)
+    encoder = whisper_core(lm).encoder
+    if side == "encoder":
+        with cache_activations(lm, names, pool=pool, n_frames=n_frames) as cache:
+            encoder(feats)
+        return _stack(cache, names), n_frames
+
+    states = encoder(feats).last_hidden_state  # (batch, frames, d_model)
+    ids = lm.generate_ids(None, max_new_tokens=max_new_tokens, encoder_states=states)  # (batch, n_prompt + n_new), CPU
+    n_prompt = len(lm.prompt_ids())
+    n_generated = _generated_lengths(ids[:, n_prompt:], int(hf_model(lm).generation_config.eos_token_id))
+    ids = ids.to(states.device)
+    decoder = whisper_core(lm).decoder
+    prompt = decoder(input_ids=ids[:, :n_prompt], encoder_hidden_states=states, use_cache=True)  # no hooks
+    with cache_activations(lm, names, pool=None if pool == "last" else pool,
+                           n_tokens=n_prompt + n_generated) as cache:
+        decoder(input_ids=ids[:, n_prompt:], encoder_hidden_states=states, cache=prompt.cache, use_cache=True)
+    if pool == "last":  # full activations (batch, n_new, d) from position n_prompt on: take each row's last
+        rows = torch.arange(len(ids))
+        return torch.stack([cache[n][rows, n_generated - 1].float() for n in names], dim=1), n_generated
+    return _stack(cache, names), n_generated
+
+
+def _stack(cache: Any, names: Sequence[str]) -> torch.Tensor:
+    """``(batch, n_points, d)`` from pooled ``(batch, d)`` entries."""
+    shapes = {n: tuple(cache[n].shape[1:]) for n in names}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"the hook points have different widths {shapes}; extract points of one width per "
+                         "folder (e.g. resid_post and mlp_hidden separately).")
+    return torch.stack([cache[n] for n in names], dim=1).float()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Extraction
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def extract_features(lm: Any, clips: Any, names: Any, *, out_dir: PathLike, pool: str = "mean",
+                     side: str = "encoder", batch_size: int = 8, shard_size: int = 64, max_new_tokens: int = 128,
+                     n_clips: int | None = None, clip_ids: Sequence | None = None, progress: bool = True,
+                     process_index: int = 0, num_processes: int = 1) -> "FeatureStore | None":
+    """Pool the activations at ``names`` for every clip and write them to ``out_dir`` in shards.
+
+    Args:
+        lm: a :class:`~asrinterp_utils.models.LoadedModel`.
+        clips: 16 kHz float32 clips ``(n_samples,)``: a list, a :class:`LazyClips` or other sequence loading them by
+            index, or a function ``i -> clip`` (then pass ``n_clips``). One batch is loaded at a time.
+        names: hook points (names, wildcard patterns such as ``"enc.*.resid_post"``, or a predicate), all on
+            ``side`` and of one width.
+        out_dir: the folder (created if needed). A folder holding another configuration is refused.
+        pool: ``"mean"`` or ``"max"`` over the clip's real frames / generated tokens; ``"last"`` (decoder only):
+            the final generated token.
+        side: ``"encoder"`` (only the encoder runs) or ``"decoder"`` (teacher-forced on the greedy hypothesis).
+        batch_size: clips per forward pass (does not change the results, up to float rounding).
+        shard_size: clips per shard file; part of the configuration.
+        max_new_tokens: (decoder) most tokens generated per clip.
+        n_clips: the number of clips, when ``clips`` is a function.
+        clip_ids: one identifier per clip (e.g. paths), hashed into the configuration; defaults to the items of a
+            :class:`LazyClips` or the samples of a list of arrays.
+        progress: show a tqdm bar.
+        process_index, num_processes: this process computes shards ``process_index, process_index +
+            num_processes, ...`` only.
+
+    Returns:
+        With one process, the :class:`FeatureStore` (``store.load()``: ``(n_clips, n_points, d)`` float32). With
+        several, None: call :func:`merge_manifests` once every process has finished (see
+        :func:`run_with_accelerate`).
+    """
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+    if pool == "last" and side == "encoder":
+        raise ValueError('pool="last" takes the final generated token: it needs side="decoder".')
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if not 0 <= process_index < num_processes:
+        raise ValueError(f"process_index must be in 0..{num_processes - 1}, got {process_index}")
+    points = _check_points(lm, names, side)
+    n, get_clip = _clip_getter(clips, n_clips)
+    if n == 0:
+        raise ValueError("clips is empty.")
+
+    config = {"format": FORMAT, "side": side, "pool": pool, "names": points, "shard_size": int(shard_size),
+              "n_clips": n, "max_new_tokens": int(max_new_tokens) if side == "decoder" else None,
+              "clips": _clips_fingerprint(clips, n, clip_ids), **_model_fingerprint(lm)}
+    out_dir = Path(out_dir)
+    config_hash = _claim_folder(out_dir, config)
+
+    mine = plan_shards(n, shard_size)[process_index::num_processes]
+    desc = f"{side} features" + (f" [process {process_index}/{num_processes}]" if num_processes > 1 else "")
+    with tqdm(total=sum(len(s) for s in mine), desc=desc, unit="clip", disable=not progress) as bar:
+        for shard in mine:
+            _remove_temp_files(out_dir, shard)
+            if _shard_is_done(out_dir, shard, config_hash):  # finished by an earlier run
+                bar.update(len(shard))
+                continue
+            features, n_positions = [], []
+            for start in range(shard.start, shard.stop, batch_size):
+                audio = [get_clip(i) for i in range(start, min(start + batch_size, shard.stop))]
+                pooled, n_pos = pool_batch(lm, audio, points, side=side, pool=pool, max_new_tokens=max_new_tokens)
+                del audio  # before the next batch is loaded: one batch of audio at a time
+                features.append(pooled.numpy())
+                n_positions.append(n_pos.cpu().numpy())
+                bar.update(len(pooled))
+            _write_shard(out_dir, shard, np.concatenate(features), np.concatenate(n_positions), config_hash)
+    if num_processes == 1:
+        return merge_manifests(out_dir)
+    return None
+
+
+def merge_manifests(out_dir: PathLike) -> "FeatureStore":
+    """Check that every shard of ``out_dir`` is there (written by any process) and write ``manifest.json``.
+
+    Call it once all processes have finished (on process 0 after a barrier, or afterwards). Raises
+    ``FileNotFoundError`` naming the missing shards otherwise.
+    """
+    out_dir = Path(out_dir)
+    info = _read_config(out_dir)
+    config, config_hash = info["config"], info["hash"]
+    shards = plan_shards(config["n_clips"], config["shard_size"])
+    missing = [s.index for s in shards if not _shard_is_done(out_dir, s, config_hash)]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(shards)} shards are missing in {out_dir} (shard numbers {missing[:10]}"
+            f"{' ...' if len(missing) > 10 else ''}): run extract_features again (with num_processes=n, shard i "
+            "belongs to process i % n), then merge.")
+    from safetensors import safe_open
+
+    with safe_open(str(out_dir / shards[0].file), framework="numpy") as f:
+        width = list(f.get_slice("features").get_shape()[1:])
+    manifest = {"format": FORMAT, "hash": config_hash, "model": config["model"], "side": config["side"],
+                "pool": config["pool"], "names": config["names"], "n_clips": config["n_clips"],
+                "shape": [config["n_clips"], *width],
+                "shards": [{"file": s.file, "start": s.start, "stop": s.stop} for s in shards],
+                "config": config}
+    _write_json_atomic(out_dir / MANIFEST_FILE, manifest)
+    return FeatureStore.open(out_dir)
+
+
+@dataclass(frozen=True)
+class FeatureStore:
+    """A finished extraction folder. ``load()`` gives ``(n_clips, n_points, d)`` float32 in clip order; point ``j``
+    is ``names[j]``."""
+
+    out_dir: Path
+    names: tuple[str, ...]
+    pool: str
+    side: str
+    model: str
+    n_clips: int
+    shape: tuple[int, ...]
+    shards: tuple[Shard, ...]
+    config: dict = field(repr=False)
+
+    @classmethod
+    def open(cls, out_dir: PathLike) -> "FeatureStore":
+        """Open a folder by its manifest; without one (a multi-process run not merged yet), merge first."""
+        out_dir = Path(out_dir)
+        path = out_dir / MANIFEST_FILE
+        if not path.is_file():
+            return merge_manifests(out_dir)
+        m = json.loads(path.read_text())
+        if m.get("format") != FORMAT:
+            raise ValueError(f"{out_dir} has folder format {m.get('format')}; this version reads {FORMAT}.")
+        return cls(out_dir=out_dir, names=tuple(m["names"]), pool=m["pool"], side=m["side"], model=m["model"],
+                   n_clips=int(m["n_clips"]), shape=tuple(m["shape"]),
+                   shards=tuple(Shard(i, s["start"], s["stop"]) for i, s in enumerate(m["shards"])),
+                   config=m["config"])
+
+    def iter_shards(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per shard: ``clip_index (n,)``, ``features (n, n_points, d)`` and ``n_positions (n,)``; one shard in
+        memory at a time."""
+        from safetensors.numpy import load_file
+
+        for shard in self.shards:
+            t = load_file(str(self.out_dir / shard.file))
+            yield t["clip_index"], t["features"], t["n_positions"]
+
+    def load(self) -> np.ndarray:
+        """Every clip's features, ``(n_clips, n_points, d)`` float32, in clip order."""
+        out = np.empty(self.shape, dtype=np.float32)
+        for clip_index, features, _ in self.iter_shards():
+            out[clip_index] = features
+        return out
+
+    def n_positions(self) -> np.ndarray:
+        """``(n_clips,)``: how many encoder frames or generated tokens each clip's vector pools."""
+        out = np.empty(self.n_clips, dtype=np.int64)
+        for clip_index, _, n_positions in self.iter_shards():
+            out[clip_index] = n_positions
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Several processes with Hugging Face Accelerate
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def accelerate_state() -> Any:
+    """``accelerate.PartialState`` for this process: several processes under a distributed launcher, on their GPUs,
+    or on the CPU where there is no GPU or the launcher says ``--cpu``. Create it through this function before any
+    other ``PartialState()`` (the state is created once per process): a plain ``PartialState()`` on a machine
+    without GPUs ignores the launcher's other processes."""
+    from accelerate import PartialState
+
+    cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" or not torch.cuda.is_available()
+    return PartialState(cpu=cpu)
+
+
+def run_with_accelerate(lm: Any, clips: Any, names: Any, *, out_dir: PathLike, **kwargs: Any) -> FeatureStore:
+    """:func:`extract_features` in every process of a distributed launch (or alone, as one process).
+
+    Each process takes its index and count from ``accelerate.PartialState()``, moves the model to its device
+    (``state.device``: its own GPU, or the CPU), writes its shards, waits for the others, and process 0 writes the
+    manifest. Every process returns the finished :class:`FeatureStore`. ``kwargs`` are those of
+    :func:`extract_features` (not ``process_index`` / ``num_processes``).
+
+    Launchers (Accelerate 1.15): ``accelerate launch --num_processes N script.py`` on a machine with N GPUs;
+    ``torchrun --nproc_per_node N script.py`` or ``accelerate launch --multi_gpu --num_processes N script.py`` for
+    N CPU processes on a machine without GPUs. ``accelerate launch --cpu --num_processes N`` starts a single
+    process unless it is given an MPI hostfile (``--mpirun_hostfile``): that process then computes every shard,
+    with a warning.
+    """
+    state = accelerate_state()
+    if state.num_processes == 1 and state.device.type == "cpu" and "MASTER_ADDR" in os.environ and \
+            os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true":
+        warnings.warn("accelerate launch --cpu started one process (several CPU processes need --mpirun_hostfile): "
+                      "this process computes every shard. For several CPU processes use torchrun --nproc_per_node N "
+                      "or accelerate launch --multi_gpu --num_processes N.", RuntimeWarning, stacklevel=2)
+    if lm.device != state.device:
+        lm.model.to(state.device)
+    extract_features(lm, clips, names, out_dir=out_dir, process_index=state.process_index,
+                     num_processes=state.num_processes, **kwargs)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        merge_manifests(out_dir)
+    state.wait_for_everyone()
+    return FeatureStore.open(out_dir)
