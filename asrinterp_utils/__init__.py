@@ -12,6 +12,7 @@ The package behind the executable book "Beyond Transcription, executed". One mod
 ``audio_llm``   the same lenses on Qwen2-Audio (audio tower + language model)
 ``metrics``     normalised WER, repetition loops, transcript kinds
 ``probes``      per-layer linear probes grouped by speaker, with controls (scikit-learn)
+``extract``     pooled features for many clips: sharded on disk, resumable, split across processes
 ``attention``   reading attention patterns (alignment heads)
 ``data``        the speech bank (real recordings from Debian packages)
 ``plotting``    one figure style; ``widgets``: explorers that work in the static book
