@@ -69,6 +69,7 @@ from tqdm.auto import tqdm
 
 from .cache import cache_activations
 from .hooks import hf_model, resolve_hook_points, whisper_core
+from .runtime import write_text_atomic
 
 __all__ = ["ConfigMismatchError", "FeatureStore", "LazyClips", "Shard", "extract_features", "merge_manifests",
            "plan_shards", "pool_batch", "run_with_accelerate", "accelerate_state"]
@@ -180,15 +181,6 @@ def _config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(payload, indent=1))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _read_config(out_dir: Path) -> dict:
     path = out_dir / CONFIG_FILE
     if not path.is_file():
@@ -206,7 +198,7 @@ def _claim_folder(out_dir: Path, config: dict) -> str:
         if old.get("hash") != config_hash:
             raise ConfigMismatchError(_explain_mismatch(out_dir, old.get("config", {}), config))
     else:  # several processes may write it at once: same content, atomic rename
-        _write_json_atomic(out_dir / CONFIG_FILE, {"hash": config_hash, "config": config})
+        write_text_atomic(out_dir / CONFIG_FILE, json.dumps({"hash": config_hash, "config": config}, indent=1))
     return config_hash
 
 
@@ -469,7 +461,7 @@ def merge_manifests(out_dir: PathLike) -> "FeatureStore":
                 "shape": [config["n_clips"], *width],
                 "shards": [{"file": s.file, "start": s.start, "stop": s.stop} for s in shards],
                 "config": config}
-    _write_json_atomic(out_dir / MANIFEST_FILE, manifest)
+    write_text_atomic(out_dir / MANIFEST_FILE, json.dumps(manifest, indent=1))
     return FeatureStore.open(out_dir)
 
 

@@ -188,8 +188,6 @@ def encoder_lens(lm: Any, audio_list: Sequence[np.ndarray], references: Sequence
     if references is not None and len(references) != len(audio_list):
         raise ValueError(f"{len(references)} references for {len(audio_list)} clips")
     names = [f"enc.{i}.resid_post" for i in layers]
-    n_prompt = len(lm.prompt_ids())
-    end_of_text = int(lm.model.generation_config.eos_token_id)
     rows = []
     for start in tqdm(range(0, len(audio_list), clips_per_batch), desc="encoder lens", disable=not progress):
         batch = list(audio_list[start:start + clips_per_batch])
@@ -200,13 +198,13 @@ def encoder_lens(lm: Any, audio_list: Sequence[np.ndarray], references: Sequence
         states = states.flatten(0, 1)
         if apply_final_norm:
             states = core.encoder.layer_norm(states)
-        ids = lm.decode_greedy(states, max_new_tokens=max_new_tokens)[:, n_prompt:]
-        for k, row_ids in enumerate(ids.tolist()):
+        ids = lm.decode_greedy(states, max_new_tokens=max_new_tokens)
+        n_generated = ids.shape[1] - len(lm.prompt_ids())
+        for k, text_ids in enumerate(lm.text_ids(ids)):
             clip, layer = start + k // len(layers), layers[k % len(layers)]
-            n_tokens = row_ids.index(end_of_text) if end_of_text in row_ids else len(row_ids)
-            text = lm.tokenizer.decode(row_ids[:n_tokens], skip_special_tokens=True).strip()
-            row = {"clip": clip, "layer": layer, "transcript": text, "n_tokens": n_tokens,
-                   "hit_limit": end_of_text not in row_ids}
+            text = lm.tokenizer.decode(text_ids, skip_special_tokens=True).strip()
+            row = {"clip": clip, "layer": layer, "transcript": text, "n_tokens": len(text_ids),
+                   "hit_limit": len(text_ids) == n_generated}  # no <|endoftext|> before the cap
             if references is not None:
                 ref = references[clip]
                 row.update(wer=word_error_rate(ref, text), kind=transcript_kind(ref, text),
@@ -305,7 +303,6 @@ def corpus_logit_lens(lm: Any, audio_list: Sequence[np.ndarray], *, batch_size: 
     from tqdm.auto import tqdm
 
     n_prompt = len(lm.prompt_ids())
-    end_of_text = int(lm.model.generation_config.eos_token_id)
     token_rows, layer_rows, transcripts = [], [], []
     n_lens = len(whisper_core(lm).decoder.layers) + 1
     starts = range(0, len(audio_list), batch_size)
@@ -315,11 +312,8 @@ def corpus_logit_lens(lm: Any, audio_list: Sequence[np.ndarray], *, batch_size: 
         feats, _ = lm.features(batch)
         result = logit_lens(lm, feats, ids, top_k=1, translator=translator)
         saturation = result.saturation_layer()
-        for row in range(len(batch)):
+        for row, text_ids in enumerate(lm.text_ids(ids)):
             clip = start + row
-            text_ids = ids[row, n_prompt:].tolist()
-            n_text = text_ids.index(end_of_text) if end_of_text in text_ids else len(text_ids)
-            text_ids = text_ids[:n_text]
             transcripts.append(lm.tokenizer.decode(text_ids, skip_special_tokens=True).strip())
             if not text_ids:
                 continue
@@ -383,11 +377,7 @@ def decoder_residuals(lm: Any, audio_list: Sequence[np.ndarray], texts: Sequence
     for start in tqdm(range(0, len(audio_list), batch_size), desc="decoder residuals", disable=not progress):
         batch = list(audio_list[start:start + batch_size])
         if texts is None:
-            ids = lm.generate_ids(batch, max_new_tokens=max_new_tokens)
-            rows = []
-            for row in ids[:, len(prompt):].tolist():
-                cut = row.index(end_of_text) if end_of_text in row else len(row)
-                rows.append(row[:cut])
+            rows = lm.text_ids(lm.generate_ids(batch, max_new_tokens=max_new_tokens))
         else:
             rows = [lm.tokenizer.encode(" " + t.strip(), add_special_tokens=False)[:max_new_tokens]
                     for t in texts[start:start + batch_size]]
@@ -461,16 +451,17 @@ def _kl_per_layer(model: Any, data: DecoderResiduals, translator: TunedLens | No
     device = next(hf_model(model).parameters()).device
     with torch.no_grad():
         for start in range(0, len(data), batch_tokens):
-            chunk = data.residuals[:, start:start + batch_tokens].to(device)
-            final_logp = torch.log_softmax(lens_logits(model, chunk[-1]).float(), -1)
-            final_top = final_logp.argmax(-1)
-            for layer in range(n_lens):
-                h = chunk[layer]
-                if translator is not None and layer < n_lens - 1:
-                    h = translator(layer, h)
-                logp = torch.log_softmax(lens_logits(model, h).float(), -1)
-                kl_sum[layer] += float((final_logp.exp() * (final_logp - logp)).sum(-1).clamp(min=0).sum())
-                agree_sum[layer] += float((logp.argmax(-1) == final_top).sum())
+            chunk = data.residuals[:, start:start + batch_tokens].to(device)  # (lens_layers, n, d_model)
+
+            def layer_logits(layer: int) -> torch.Tensor:
+                h = chunk[layer] if translator is None else translator(layer, chunk[layer])
+                return lens_logits(model, h)[None]  # (1, n, vocab): the positions as one batch row
+
+            stats = lens_statistics(lens_logits(model, chunk[-1])[None],
+                                    [lambda layer=layer: layer_logits(layer) for layer in range(n_lens - 1)],
+                                    top_k=1)
+            kl_sum += stats.kl.sum(dim=(1, 2)).double().numpy()
+            agree_sum += stats.agrees.sum(dim=(1, 2)).double().numpy()
     return kl_sum / len(data), agree_sum / len(data)
 
 

@@ -217,6 +217,21 @@ class LoadedModel:
         tokens.append("<|notimestamps|>")
         return [int(i) for i in self.tokenizer.convert_tokens_to_ids(tokens)]
 
+    def _check_max_new_tokens(self, max_new_tokens: int) -> None:
+        room = self.dims.n_text_ctx - len(self.prompt_ids())
+        if not 1 <= max_new_tokens <= room:
+            raise ValueError(f"max_new_tokens must be between 1 and {room} (the decoder holds {self.dims.n_text_ctx} "
+                             f"positions, the prompt uses {self.dims.n_text_ctx - room}); got {max_new_tokens}.")
+
+    def text_ids(self, ids: torch.Tensor) -> list[list[int]]:
+        """The text tokens of each row of :meth:`generate_ids` (or :meth:`decode_greedy`) output ``(batch, tokens)``:
+        after the prompt, up to the first ``<|endoftext|>`` (all of them if the row was cut at ``max_new_tokens``)."""
+        end_of_text = int(self.model.generation_config.eos_token_id)
+        rows = []
+        for row in ids[:, len(self.prompt_ids()):].tolist():
+            rows.append(row[:row.index(end_of_text)] if end_of_text in row else row)
+        return rows
+
     @torch.no_grad()
     def generate_ids(self, audio_list: Sequence[np.ndarray] | None, max_new_tokens: int = 128, *,
                      encoder_states: torch.Tensor | None = None) -> torch.LongTensor:
@@ -236,10 +251,7 @@ class LoadedModel:
             first ``<|endoftext|>``. (transformers 5 itself returns only the new tokens, without the final
             ``<|endoftext|>``.)
         """
-        room = self.dims.n_text_ctx - len(self.prompt_ids())
-        if not 1 <= max_new_tokens <= room:
-            raise ValueError(f"max_new_tokens must be between 1 and {room} (the decoder holds {self.dims.n_text_ctx} "
-                             f"positions, the prompt uses {self.dims.n_text_ctx - room}); got {max_new_tokens}.")
+        self._check_max_new_tokens(max_new_tokens)
         if encoder_states is not None:
             return self.decode_greedy(encoder_states, max_new_tokens=max_new_tokens)
         kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
@@ -286,9 +298,7 @@ class LoadedModel:
         Returns:
             ``LongTensor (batch, len(prompt) + n_new)`` on the CPU, laid out as :meth:`generate_ids`'s.
         """
-        room = self.dims.n_text_ctx - len(self.prompt_ids())
-        if not 1 <= max_new_tokens <= room:
-            raise ValueError(f"max_new_tokens must be between 1 and {room}; got {max_new_tokens}.")
+        self._check_max_new_tokens(max_new_tokens)
         if encoder_states.ndim != 3 or encoder_states.shape[-1] != self.dims.d_model:
             raise ValueError(f"encoder_states must be (batch, frames, {self.dims.d_model}); got "
                              f"{tuple(encoder_states.shape)}.")

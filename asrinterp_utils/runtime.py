@@ -40,15 +40,29 @@ def default_device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically: a hidden temporary file in the same folder, flushed to disk, then
+    renamed into place; a reader never sees a half-written file, and an interrupted write leaves none behind."""
+    import tempfile
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def save_results(name: str, results: dict) -> Path:
     """Save a chapter's headline numbers as JSON, atomically, under ``cache_dir("results", mode)`` (mode ``fast`` or
     ``full``), for the reproduction report to read. Returns the file's path."""
     import json
-    import tempfile
 
-    folder = cache_dir("results", "fast" if fast_mode() else "full")
-    path = folder / f"{name}.json"
-    with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as tmp:
-        json.dump(results, tmp, indent=2, default=float)
-    os.replace(tmp.name, path)
+    path = cache_dir("results", "fast" if fast_mode() else "full") / f"{name}.json"
+    write_text_atomic(path, json.dumps(results, indent=2, default=float))
     return path

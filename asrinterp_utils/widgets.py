@@ -33,10 +33,9 @@ def text_explorer(texts: Mapping[tuple[int, int], str], *, row_name: str = "clip
 def _slider_grid(views: Mapping[tuple[int, int], widgets.Widget], *, row_name: str, col_name: str,
                  title: str) -> widgets.VBox:
     """Two sliders switching, in the browser, among widgets keyed by ``(row, col)`` on a full grid."""
-    images = views
-    rows = sorted({r for r, _ in images})
-    cols = sorted({c for _, c in images})
-    missing = [(r, c) for r in rows for c in cols if (r, c) not in images]
+    rows = sorted({r for r, _ in views})
+    cols = sorted({c for _, c in views})
+    missing = [(r, c) for r in rows for c in cols if (r, c) not in views]
     if missing:
         raise ValueError(f"an explorer needs a full grid of (row, col) views; missing {missing[:5]}")
     if rows != list(range(len(rows))) or cols != list(range(len(cols))):
@@ -47,7 +46,7 @@ def _slider_grid(views: Mapping[tuple[int, int], widgets.Widget], *, row_name: s
                                    continuous_update=True)
     inner, links = [], []
     for r in rows:
-        stack = widgets.Stack([images[(r, c)] for c in cols], selected_index=0)
+        stack = widgets.Stack([views[(r, c)] for c in cols], selected_index=0)
         links.append(widgets.jslink((col_slider, "value"), (stack, "selected_index")))
         inner.append(stack)
     outer = widgets.Stack(inner, selected_index=len(rows) - 1)

@@ -55,8 +55,8 @@ import pandas as pd
 import soundfile as sf
 
 from ..audio import SAMPLE_RATE, AudioError, _read_with_ffmpeg, to_whisper_audio
-from ..runtime import cache_dir
-from .real import COLUMNS, MissingDependencyError, _atomic_write_text, _build_lock, _count_words, write_wav_atomic
+from ..runtime import cache_dir, write_text_atomic
+from .real import COLUMNS, MissingDependencyError, _build_lock, _count_words, write_wav_atomic
 
 __all__ = [
     "ACCENTED_CORPORA",
@@ -618,7 +618,7 @@ def _request_key(**parts: Any) -> str:
 
 def _save_manifest(root: Path, key: str, df: pd.DataFrame) -> None:
     data = {"version": _MANIFEST_VERSION, "rows": json.loads(df.to_json(orient="records"))}
-    _atomic_write_text(root / f"manifest-{key}.json", json.dumps(data, ensure_ascii=False) + "\n")
+    write_text_atomic(root / f"manifest-{key}.json", json.dumps(data, ensure_ascii=False) + "\n")
 
 
 def _load_manifest(root: Path, key: str) -> Optional[pd.DataFrame]:

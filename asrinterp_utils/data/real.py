@@ -40,7 +40,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -52,7 +51,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from ..runtime import cache_dir
+from ..runtime import cache_dir, write_text_atomic
 
 __all__ = [
     "ASTERISK_ATTRIBUTION",
@@ -169,19 +168,6 @@ def _ffmpeg() -> str:
     if exe is None:
         raise _missing("ffmpeg (needed to decode the G.722 prompts)", FFMPEG_APT)
     return exe
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _tmp_name(final: Path) -> Path:
@@ -355,7 +341,7 @@ def _write_manifest(root: Path, clips: dict[str, dict]) -> None:
         "attribution": ASTERISK_ATTRIBUTION,
         "clips": dict(sorted(clips.items())),
     }
-    _atomic_write_text(root / _MANIFEST, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    write_text_atomic(root / _MANIFEST, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 
 def _entry_ok(root: Path, clip: _Clip, entry: dict | None) -> bool:
