@@ -11,10 +11,10 @@ The package behind the executable book "Beyond Transcription, executed". One mod
 ``lens``        logit lens, saturation layer, encoder lens, tuned lens
 ``audio_llm``   the same lenses on Qwen2-Audio (audio tower + language model)
 ``metrics``     normalised WER, repetition loops, transcript kinds
-``probes``      per-layer linear probes grouped by speaker, with controls (scikit-learn)
-``extract``     pooled features for many clips: sharded on disk, resumable, split across processes
+``probes``      per-layer linear probes grouped by speaker, with controls and transfer (scikit-learn)
+``extract``     pooled features for many clips or a bank table: sharded on disk, resumable, multi-process
 ``attention``   reading attention patterns (alignment heads)
-``data``        the speech bank (real recordings from Debian packages)
+``data``        the speech bank (real recordings, TTS voices, noise; truncated and non-speech inputs)
 ``plotting``    one figure style; ``widgets``: explorers that work in the static book
 ==============  =====================================================================================
 """

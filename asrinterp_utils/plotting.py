@@ -85,6 +85,45 @@ def lens_heatmap(result, tokenizer, input_ids: Sequence[int], *, row: int = 0, p
     return ax
 
 
+def probe_curves(table, *, ax=None, title: str | None = None, x: str = "depth", control: bool = True,
+                 palette: dict | None = None, chance: bool = True):
+    """Probe accuracy per layer for several feature sources (a :class:`~asrinterp_utils.probes.ProbeSweep` table).
+
+    Sources with several layers are lines with a shaded 95% speaker-bootstrap band, the best layer ringed;
+    single-layer sources (a log-mel baseline) are horizontal dotted lines. With ``control``, each source's
+    shuffled-label accuracy is a thin dashed line of the same colour; with ``chance``, the majority-class rate is a
+    grey line. ``x="depth"`` puts layers on a 0..1 relative-depth axis (models of different depth compare);
+    ``x="layer"`` uses layer numbers. Returns the Axes.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 3.8))
+    sources = list(dict.fromkeys(table["source"]))
+    colours = palette or dict(zip(sources, sns.color_palette("colorblind", len(sources))))
+    for name in sources:
+        rows = table[table["source"] == name].sort_values("layer")
+        colour = colours[name]
+        if len(rows) == 1:
+            ax.axhline(float(rows["accuracy"].iloc[0]), color=colour, ls=":", lw=1.8, label=f"{name}")
+            continue
+        xs = rows[x].to_numpy(dtype=float)
+        ax.plot(xs, rows["accuracy"], "-o", color=colour, lw=1.8, ms=4, label=name)
+        ax.fill_between(xs, rows["ci_low"], rows["ci_high"], color=colour, alpha=0.15, lw=0)
+        best = rows[rows["is_best"]] if "is_best" in rows else rows.iloc[[int(rows["accuracy"].argmax())]]
+        ax.plot(best[x], best["accuracy"], "o", ms=11, mfc="none", mec=colour, mew=1.8)
+        if control and "control_accuracy" in rows and rows["control_accuracy"].notna().any():
+            ax.plot(xs, rows["control_accuracy"], "--", color=colour, lw=1, alpha=0.8)
+    if chance:
+        ax.axhline(float(table["chance"].iloc[0]), color="0.5", lw=1, label="chance (majority class)")
+    ax.set_xlabel("relative depth (0 = first layer, 1 = last)" if x == "depth" else "layer")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_ylim(0, 1.02)
+    if x == "depth":
+        ax.set_xlim(-0.05, 1.05)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
 def _short(text: str, n: int) -> str:
     """Shorten a token's text to ``n`` characters for a cell; characters from U+3000 on (CJK, Hangul: not in the
     figure font) are shown as ``□``."""

@@ -18,7 +18,9 @@ The method, for each layer on its own
 
 2. The probe is ``Pipeline(StandardScaler, LogisticRegression)`` (L2 penalty, multinomial for more than two
    classes).
-3. The outer cross-validation is grouped by speaker: ``StratifiedGroupKFold``, or ``GroupKFold`` when some class
+3. The outer cross-validation is grouped by speaker. When each speaker has one label (gender, accent), each
+   class's speakers are dealt to the folds in turn, so every training side keeps every class; otherwise
+   ``StratifiedGroupKFold`` (reshuffled until every training side holds every class), or ``GroupKFold`` when some class
    has fewer speakers than folds. No speaker is on both the training and the test side of a split, so the probe
    cannot score by recognising a voice it was trained on. The same splits serve every layer, so layers are compared
    on the same held-out speakers.
@@ -110,7 +112,8 @@ class ProbeResult:
         splits: the ``n_folds`` outer splits used (the same for every layer).
         labels: ``(n_samples,)`` the labels the probe was trained on (permuted ones for a control).
         groups: ``(n_samples,)`` the speaker of each clip.
-        splitter: ``"StratifiedGroupKFold"``, ``"GroupKFold"`` or ``"given"`` (splits passed in).
+        splitter: ``"speakers dealt per class"`` (each speaker has one label), ``"StratifiedGroupKFold"``,
+            ``"GroupKFold"`` or ``"given"`` (splits passed in).
         control: None for a probe; a description for a control (``"shuffled labels (group level, ...)"``).
     """
     table: pd.DataFrame
@@ -219,12 +222,67 @@ def _grouped_cv(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int
     return GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
 
 
+def _labels_per_group(labels: np.ndarray, groups: np.ndarray) -> Union[dict, None]:
+    """``{group: label}`` when every group has a single label (gender, accent of a speaker), else None."""
+    out = {}
+    for g, y in zip(groups.tolist(), labels.tolist()):
+        if out.setdefault(g, y) != y:
+            return None
+    return out
+
+
+def _deal_groups(group_label: dict, groups: np.ndarray, n_splits: int,
+                 seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified by *speakers*: each class's speakers, shuffled, are dealt to the folds in turn (the deal goes on
+    from fold to fold across classes), so every fold gets ``n_c / n_splits`` speakers of class ``c``, rounded."""
+    rng = np.random.default_rng(seed)
+    fold_of, turn = {}, 0
+    for label in sorted(set(group_label.values()), key=str):
+        members = sorted((g for g, y in group_label.items() if y == label), key=str)
+        for g in rng.permutation(np.array(members, dtype=object)).tolist():
+            fold_of[g] = turn % n_splits
+            turn += 1
+    fold = np.array([fold_of[g] for g in groups.tolist()])
+    return [(np.flatnonzero(fold != k), np.flatnonzero(fold == k)) for k in range(n_splits)]
+
+
+def _complete_splits(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int,
+                     max_tries: int = 50) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Grouped splits in which every training side holds every class.
+
+    When each speaker has one label (gender, accent), speakers are dealt to folds class by class
+    (:func:`_deal_groups`): every class keeps as many speakers as possible on every training side. Otherwise
+    :func:`_grouped_cv` is used; ``StratifiedGroupKFold`` stratifies clips, not speakers, and with few speakers of
+    very different sizes can leave a training side without a class, so it is reshuffled (seeds ``seed, seed + 1,
+    ...``) until none does; ValueError after ``max_tries``."""
+    classes = np.unique(labels)
+    _grouped_cv(labels, groups, n_splits, seed)  # checks n_splits against the number of groups
+    group_label = _labels_per_group(labels, groups)
+    x = np.zeros((len(labels), 1))
+    for attempt in range(max_tries):
+        if group_label is not None:
+            splits = _deal_groups(group_label, groups, n_splits, seed + attempt)
+        else:
+            cv = _grouped_cv(labels, groups, n_splits, seed + attempt)
+            splits = [(np.asarray(tr), np.asarray(te)) for tr, te in cv.split(x, labels, groups)]
+        if all(len(te) and len(np.unique(labels[tr])) == len(classes) for tr, te in splits):
+            return splits
+    raise ValueError(f"no split of these {len(np.unique(groups))} speakers into {n_splits} folds keeps every class "
+                     f"on every training side (tried {max_tries} shuffles): use fewer splits or more speakers")
+
+
+def _splitter_name(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> str:
+    if _labels_per_group(labels, groups) is not None:
+        return "speakers dealt per class"
+    return type(_grouped_cv(labels, groups, n_splits, seed)).__name__
+
+
 def grouped_splits(labels: Any, groups: Any, *, n_splits: int = 5, seed: int = 0) -> list[Fold]:
     """The outer splits :func:`probe_layers` makes for these labels and groups (``(n_samples,)`` each): grouped by
-    speaker, stratified by class when every class has at least ``n_splits`` speakers."""
+    speaker, stratified by class when every class has at least ``n_splits`` speakers, and every training side
+    holding every class."""
     labels, groups = _as_numpy(labels), _as_numpy(groups)
-    cv = _grouped_cv(labels, groups, n_splits, seed)
-    return [Fold(np.asarray(tr), np.asarray(te)) for tr, te in cv.split(np.zeros((len(labels), 1)), labels, groups)]
+    return [Fold(tr, te) for tr, te in _complete_splits(labels, groups, n_splits, seed)]
 
 
 def check_group_separation(splits: Sequence[Union[Fold, tuple]], groups: Any) -> None:
@@ -276,7 +334,10 @@ def _fit_probe(X: np.ndarray, labels: np.ndarray, groups: np.ndarray, Cs: Sequen
     The search for ``C`` is a ``GridSearchCV`` whose folds are grouped by speaker and stratified by class, with at
     most as many folds as the rarest class has speakers here (so that every inner training side can keep every
     class).
-    With a single ``C`` there is nothing to choose and the probe is fitted directly. Returns the fitted estimator
+    With a single ``C`` there is nothing to choose and the probe is fitted directly; so it is, with the middle ``C``
+    of the grid, when no speaker-grouped inner split keeps every class on every inner training side (a class with a
+    single speaker here; this happens to shuffled-label controls, whose permuted classes are not dealt evenly over
+    the probe's folds, and to tiny datasets). Returns the fitted estimator
     (refitted on the whole training side) and the chosen ``C``.
     """
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=MAX_ITER))
@@ -285,10 +346,15 @@ def _fit_probe(X: np.ndarray, labels: np.ndarray, groups: np.ndarray, Cs: Sequen
     speakers_per_class = {c: len(np.unique(groups[labels == c])) for c in np.unique(labels).tolist()}
     rarest = min(speakers_per_class, key=speakers_per_class.get)
     n_inner = min(inner_splits, speakers_per_class[rarest])
-    if n_inner < 2:
-        raise ValueError(f"class {rarest!r} has a single speaker on this training side, too few for a speaker-grouped "
-                         "search of C; use fewer outer splits, more speakers, or a single C (Cs=(1.0,))")
-    cv = StratifiedGroupKFold(n_splits=n_inner, shuffle=True, random_state=seed)
+    cv = None
+    if n_inner >= 2:
+        try:
+            cv = _complete_splits(labels, groups, n_inner, seed)  # every inner training side keeps every class
+        except ValueError:
+            pass
+    if cv is None:  # no speaker-grouped search possible: the middle of the grid, recorded in chosen_C
+        C = float(sorted(Cs)[len(Cs) // 2])
+        return probe.set_params(**{_C_PARAM: C}).fit(X, labels), C
     search = GridSearchCV(probe, {_C_PARAM: list(Cs)}, cv=cv, scoring="accuracy", n_jobs=n_jobs, error_score="raise")
     search.fit(X, labels, groups=groups)
     return search.best_estimator_, float(search.best_params_[_C_PARAM])
@@ -343,10 +409,8 @@ def probe_layers(features: Any, labels: Any, groups: Any, *, n_splits: int = 5, 
     if len(Cs) == 0:
         raise ValueError("Cs must hold at least one value")
     if splits is None:
-        cv = _grouped_cv(labels, groups, n_splits, seed)
-        folds = [Fold(np.asarray(tr), np.asarray(te))
-                 for tr, te in cv.split(np.zeros((len(labels), 1)), labels, groups)]
-        splitter = type(cv).__name__
+        folds = grouped_splits(labels, groups, n_splits=n_splits, seed=seed)
+        splitter = _splitter_name(labels, groups, n_splits, seed)
     else:
         folds, splitter = _as_folds(splits), "given"
     _check_folds(folds, labels, groups)
@@ -500,3 +564,132 @@ def projection_2d(features: Any, labels: Any, *, groups: Any = None, standardise
         frame["group"] = _as_numpy(groups)
     frame.attrs["explained_variance_ratio"] = tuple(float(v) for v in pca.explained_variance_ratio_)
     return frame
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Several feature sources on one task, and transfer to another domain
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class ProbeSweep:
+    """What :func:`probe_sources` returns.
+
+    Attributes:
+        table: one row per source and layer: ``source, layer, n_layers, depth`` (:func:`normalised_depth`),
+            the probe's ``accuracy, accuracy_std, ci_low, ci_high, chance``, the shuffled-label control's
+            ``control_accuracy`` (NaN without controls), ``selectivity`` (accuracy minus control) and
+            ``is_best`` (the source's :func:`best_layer`).
+        results: ``{source: ProbeResult}``.
+        controls: ``{source: ProbeResult}`` of the shuffled-label control (empty without controls).
+    """
+    table: pd.DataFrame
+    results: dict
+    controls: dict
+
+    def best(self) -> pd.DataFrame:
+        """One row per source: its best layer (the rows with ``is_best``)."""
+        return self.table[self.table.is_best].reset_index(drop=True)
+
+    def _repr_html_(self) -> str:
+        return self.best()._repr_html_()
+
+
+def probe_sources(sources: dict, labels: Any, groups: Any, *, shuffled_control: bool = True,
+                  n_splits: int = 5, Cs: Sequence[float] = DEFAULT_CS, inner_splits: int = 3, seed: int = 0,
+                  n_bootstrap: int = 1000, n_jobs: int = 1) -> ProbeSweep:
+    """:func:`probe_layers` on each feature source for one task, on the same speaker-grouped splits.
+
+    Args:
+        sources: ``{name: features (n_samples, n_layers, d)}``, e.g. ``{"tiny.en": ..., "tiny.en (random init)":
+            ..., "log-mel": (n, 1, n_mels)}``. Widths and layer counts may differ; the samples must be the same.
+        labels, groups: as for :func:`probe_layers`.
+        shuffled_control: also run :func:`shuffled_label_control` on each source (same splits) and report
+            ``control_accuracy`` and ``selectivity``.
+        The other arguments are those of :func:`probe_layers`.
+
+    Returns:
+        A :class:`ProbeSweep`; ``sweep.table`` is long (one row per source and layer), ready for a plot.
+    """
+    if not sources:
+        raise ValueError("sources is empty: give at least one {name: features}.")
+    _, labels, groups = _check_inputs(next(iter(sources.values())), labels, groups)
+    splits = grouped_splits(labels, groups, n_splits=n_splits, seed=seed)
+    kwargs = dict(Cs=Cs, inner_splits=inner_splits, seed=seed, n_bootstrap=n_bootstrap, n_jobs=n_jobs,
+                  splits=splits)
+    results, controls, frames = {}, {}, []
+    for name, features in sources.items():
+        result = probe_layers(features, labels, groups, **kwargs)
+        results[name] = result
+        table = result.table[["layer", "accuracy", "accuracy_std", "ci_low", "ci_high", "chance"]].copy()
+        if shuffled_control:
+            controls[name] = shuffled_label_control(features, labels, groups, **kwargs)
+            table["control_accuracy"] = controls[name].table["accuracy"].to_numpy()
+        else:
+            table["control_accuracy"] = np.nan
+        table["selectivity"] = table["accuracy"] - table["control_accuracy"]
+        n_layers = result.n_layers
+        table.insert(0, "source", name)
+        table.insert(2, "n_layers", n_layers)
+        table.insert(3, "depth", [normalised_depth(layer, n_layers) for layer in table["layer"]])
+        table["is_best"] = table["layer"] == best_layer(result)
+        frames.append(table)
+    return ProbeSweep(table=pd.concat(frames, ignore_index=True), results=results, controls=controls)
+
+
+def fit_probe(features: Any, labels: Any, groups: Any, *, Cs: Sequence[float] = DEFAULT_CS, inner_splits: int = 3,
+              seed: int = 0, n_jobs: int = 1) -> tuple[Any, float]:
+    """One probe fitted on all of ``features (n_samples, d)``, ``C`` chosen by speaker-grouped cross-validation.
+
+    Returns the fitted scikit-learn pipeline (``StandardScaler`` then ``LogisticRegression``) and the chosen ``C``;
+    score it on another domain with :func:`probe_transfer` or ``pipeline.predict``.
+    """
+    X, labels, groups = _check_inputs(np.asarray(_as_numpy(features))[:, None, :], labels, groups)
+    return _fit_probe(np.asarray(X[:, 0, :], dtype=np.float64), labels, groups, Cs, inner_splits, seed, n_jobs)
+
+
+def probe_transfer(train_features: Any, train_labels: Any, train_groups: Any, test_features: Any, test_labels: Any,
+                   test_groups: Any = None, *, Cs: Sequence[float] = DEFAULT_CS, inner_splits: int = 3,
+                   seed: int = 0) -> pd.DataFrame:
+    """Per layer: a probe fitted on one domain (e.g. TTS voices) and scored on another (e.g. real recordings).
+
+    Args:
+        train_features: ``(n_train, n_layers, d)``; train_labels, train_groups: ``(n_train,)``.
+        test_features: ``(n_test, n_layers, d)``; test_labels: ``(n_test,)``; test_groups: optional speakers.
+
+    Returns:
+        One row per layer: ``layer, accuracy`` (on the test domain), ``balanced_accuracy`` (mean of the per-class
+        recalls over the classes present in the test set: the test domain is often unbalanced), ``chosen_C``,
+        ``n_test``, and one ``recall[<class>]`` column per test class. With ``test_groups``, ``.attrs["per_group"]``
+        holds the accuracy per test group and layer.
+    """
+    train_features, train_labels, train_groups = _check_inputs(train_features, train_labels, train_groups)
+    test_features, test_labels = _as_numpy(test_features), _as_numpy(test_labels)
+    if test_features.ndim != 3 or test_features.shape[1:] != train_features.shape[1:]:
+        raise ValueError(f"test_features must be (n_test, {train_features.shape[1]}, {train_features.shape[2]}) like "
+                         f"the training features, got {test_features.shape}")
+    if len(test_labels) != len(test_features) or len(test_labels) == 0:
+        raise ValueError(f"test_labels ({len(test_labels)}) must match test_features ({len(test_features)}) and "
+                         "not be empty")
+    unknown = sorted(set(test_labels.tolist()) - set(train_labels.tolist()))
+    if unknown:
+        raise ValueError(f"test labels {unknown} never occur in training: a probe cannot predict them")
+    classes = sorted(set(test_labels.tolist()))
+    rows, per_group = [], []
+    for layer in range(train_features.shape[1]):
+        probe, C = _fit_probe(np.asarray(train_features[:, layer], dtype=np.float64), train_labels, train_groups, Cs,
+                              inner_splits, seed, 1)
+        predicted = probe.predict(np.asarray(test_features[:, layer], dtype=np.float64))
+        correct = predicted == test_labels
+        recalls = {f"recall[{c}]": float(correct[test_labels == c].mean()) for c in classes}
+        rows.append({"layer": layer, "accuracy": float(correct.mean()),
+                     "balanced_accuracy": float(np.mean(list(recalls.values()))), "chosen_C": C,
+                     "n_test": len(test_labels), **recalls})
+        if test_groups is not None:
+            g = _as_numpy(test_groups)
+            for group in pd.unique(g):
+                per_group.append({"layer": layer, "group": group, "label": test_labels[g == group][0],
+                                  "accuracy": float(correct[g == group].mean()), "n": int((g == group).sum())})
+    table = pd.DataFrame(rows)
+    if per_group:
+        table.attrs["per_group"] = pd.DataFrame(per_group)
+    return table

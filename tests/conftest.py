@@ -36,3 +36,19 @@ def toy_inputs():
     ids = torch.randint(3, 120, (2, 7), generator=g)
     ids[:, 0] = 1
     return feats, other, ids
+
+
+@pytest.fixture(scope="session")
+def toy_lm():
+    """The toy as a :class:`LoadedModel` (``tests/_toy_lm.py``), shared by the extraction tests."""
+    from ._toy_lm import toy_loaded_model
+
+    return toy_loaded_model()
+
+
+@pytest.fixture(scope="session")
+def toy_lm_clips():
+    """Sixteen synthetic clips of different lengths for ``toy_lm``."""
+    from ._toy_lm import toy_clips
+
+    return toy_clips(16)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
@@ -97,3 +98,32 @@ def test_named_specs_are_well_formed():
     assert recipe.category.nunique() >= 5 and recipe.clip_id.is_unique
     accent = bank.recipes(bank.SPECS["accent"], fast=True)
     assert accent.accent.nunique() >= 4 and set(accent.engine) == {"espeak-ng"}
+
+
+def test_truncated_clips_keep_the_first_part_and_the_reference(tmp_path):
+    from asrinterp_utils.data.real import clip_audio, write_wav_atomic
+
+    wave = (0.1 * np.sin(np.arange(16000 * 2) / 10)).astype(np.float32)
+    write_wav_atomic(tmp_path / "a.wav", wave)
+    table = pd.DataFrame({"clip_id": ["x/a"], "path": [str(tmp_path / "a.wav")], "text": ["one two three"],
+                          "duration_s": [2.0]})
+    cut = bank.truncated_clips(table, keep_fraction=0.25)
+    assert cut.text.tolist() == ["one two three"] and cut.clip_id.tolist() == ["x/a/cut0.25"]
+    assert cut.duration_s.tolist() == [0.5] and cut.keep_fraction.tolist() == [0.25]
+    np.testing.assert_allclose(clip_audio(cut.path[0]), wave[:8000], atol=1e-4)   # 16-bit wav rounding
+    again = bank.truncated_clips(table, keep_fraction=0.25)                      # cached: the same file
+    assert again.path.tolist() == cut.path.tolist()
+    with pytest.raises(ValueError, match="keep_fraction"):
+        bank.truncated_clips(table, keep_fraction=1.0)
+
+
+def test_non_speech_clips_cover_real_and_generated_sources_at_the_bank_level():
+    clips = bank.non_speech_clips(6, duration_s=1.0, seed=3)
+    assert len(clips) == 6 and (clips.text == "").all() and (clips.source == "non-speech").all()
+    assert clips.speaker.tolist() == clips.noise.tolist()            # one group per noise source
+    assert clips.noise.nunique() == 6                                # taken in turn: no source twice in 6
+    for path in clips.path:
+        x, sr = sf.read(path, dtype="float32")
+        assert sr == 16000 and len(x) == 16000
+        assert abs(rms(x) - bank.TARGET_RMS) < 0.01
+    assert bank.non_speech_clips(6, duration_s=1.0, seed=3).path.tolist() == clips.path.tolist()

@@ -18,7 +18,7 @@ from asrinterp_utils.data.real import clip_audio, write_wav_atomic
 from asrinterp_utils.extract import (ConfigMismatchError, FeatureStore, LazyClips, extract_features,
                                      merge_manifests, plan_shards)
 
-from ._toy_lm import toy_clip, toy_clips, toy_loaded_model
+from ._toy_lm import toy_clip
 
 REPO = Path(__file__).resolve().parent.parent
 N_CLIPS = 16
@@ -26,14 +26,15 @@ SMALL = dict(batch_size=2, shard_size=5, progress=False)  # shards of 5, 5, 5, 1
 MAX_NEW = 10
 
 
-@pytest.fixture(scope="module")
-def lm():
-    return toy_loaded_model()
+@pytest.fixture
+def lm(toy_lm):
+    return toy_lm
 
 
-@pytest.fixture(scope="module")
-def clips():
-    return toy_clips(N_CLIPS)
+@pytest.fixture
+def clips(toy_lm_clips):
+    assert len(toy_lm_clips) == N_CLIPS
+    return toy_lm_clips
 
 
 def counting_clips(n: int, calls: list, fail_at: int | None = None) -> LazyClips:

@@ -113,7 +113,7 @@ def test_C_selection_sees_only_training_rows(monkeypatch):
 
     class SpyGridSearchCV(GridSearchCV):
         def fit(self, X, y=None, **params):
-            inner = list(self.cv.split(X, y, params["groups"]))
+            inner = list(self.cv) if isinstance(self.cv, list) else list(self.cv.split(X, y, params["groups"]))
             calls.append({"rows": X[:, -1].astype(int), "groups": params["groups"], "inner": inner})
             return super().fit(X, y, **params)
 
@@ -240,3 +240,48 @@ def test_projection_2d():
     assert len(frame.attrs["explained_variance_ratio"]) == 2
     with pytest.raises(ValueError):
         projection_2d(features, labels)
+
+
+def test_every_training_side_keeps_every_class_with_unequal_speakers():
+    """Few speakers of very different sizes (a gender task: 3 female speakers with 40, 2 and 2 clips): a plain
+    StratifiedGroupKFold can leave an (outer or inner) training side without any female speaker, and the fit then
+    fails. The splits used must keep every class on every training side, outer and inner."""
+    rng = np.random.default_rng(0)
+    sizes = {"f1": 40, "f2": 2, "f3": 2, "m1": 40, "m2": 40, "m3": 2, "m4": 2, "m5": 2, "m6": 2}
+    groups = np.concatenate([[g] * n for g, n in sizes.items()])
+    labels = np.array(["female" if g.startswith("f") else "male" for g in groups])
+    features = rng.normal(size=(len(groups), 2, 6)) + (labels == "female")[:, None, None] * 1.5
+    for seed in range(6):
+        result = probe_layers(features, labels, groups, n_splits=3, n_bootstrap=0, seed=seed)
+        for fold in result.splits:
+            assert set(labels[fold.train]) == {"female", "male"}
+        assert result.table["accuracy"].notna().all()
+
+
+def test_probe_sources_scores_every_source_on_the_same_splits_with_controls():
+    features, labels, groups = synthetic(per_speaker=True)
+    noise = np.random.default_rng(5).normal(size=(120, 1, 8))
+    sweep = probes.probe_sources({"model": features, "baseline": noise}, labels, groups, n_bootstrap=50)
+    t = sweep.table
+    assert list(t.source.unique()) == ["model", "baseline"]
+    assert t[t.source == "model"].layer.tolist() == list(range(N_LAYERS))
+    model_best = sweep.best().set_index("source")
+    assert model_best.loc["model", "layer"] == SIGNAL_LAYER and model_best.loc["model", "depth"] == SIGNAL_LAYER / 3
+    assert model_best.loc["baseline", "depth"] == 0.0
+    assert model_best.loc["model", "selectivity"] > 0.3      # the planted layer beats its shuffled control
+    assert abs(model_best.loc["baseline", "accuracy"] - 0.5) < 0.2   # pure noise: near chance
+    for a, b in zip(sweep.results["model"].splits, sweep.controls["baseline"].splits):
+        np.testing.assert_array_equal(a.test, b.test)   # one set of held-out speakers for all
+
+
+def test_probe_transfer_carries_a_planted_signal_to_another_domain_and_refuses_unknown_labels():
+    features, labels, groups = synthetic(per_speaker=True, speaker_scale=0.3)
+    other, other_labels, _ = synthetic(per_speaker=True, speaker_scale=0.3, seed=0)  # same directions, new draw
+    shifted = other + 0.2                                                           # a small domain shift
+    table = probes.probe_transfer(features[:60], labels[:60], groups[:60], shifted[60:], other_labels[60:],
+                                  groups[60:])
+    assert table.set_index("layer").loc[SIGNAL_LAYER, "balanced_accuracy"] > 0.9
+    assert table.set_index("layer").drop(SIGNAL_LAYER).balanced_accuracy.max() < 0.8
+    assert set(table.attrs["per_group"].group) == set(groups[60:])
+    with pytest.raises(ValueError, match="never occur in training"):
+        probes.probe_transfer(features, labels, groups, features[:3], np.array(["x", "y", "z"]))

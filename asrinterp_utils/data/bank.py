@@ -358,3 +358,69 @@ def bank_summary(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
     return (every.groupby(["voice_id", "engine", "speaker", "gender", "accent"], dropna=False)
             .agg(clips=("path", "size"), minutes=("duration_s", lambda s: round(s.sum() / 60, 2)))
             .reset_index())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Derived inputs for the decoder-side probes: truncated speech and non-speech
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def truncated_clips(table: pd.DataFrame, keep_fraction: float = 0.5) -> pd.DataFrame:
+    """The clips of ``table`` cut to their first ``keep_fraction`` of samples (mid-word, as a rule).
+
+    Returns a copy of the table with ``path`` pointing at the cut wavs (cached under ``cache_dir("bank",
+    "truncated")``, written atomically), ``duration_s`` updated, ``clip_id`` suffixed with ``/cut<fraction>``,
+    ``text`` unchanged (the sentence the speaker was saying: a transcript of the cut clip is judged against it) and
+    a column ``keep_fraction``.
+    """
+    from .real import clip_audio
+
+    if not 0.0 < keep_fraction < 1.0:
+        raise ValueError(f"keep_fraction must be between 0 and 1 (exclusive), got {keep_fraction}")
+    out = table.copy()
+    paths, durations = [], []
+    for clip_id, path in zip(table.clip_id, table.path):
+        digest = hashlib.sha256(f"{clip_id}|{keep_fraction}|{BANK_VERSION}".encode()).hexdigest()[:20]
+        target = cache_dir("bank", "truncated", digest[:2]) / f"{digest}.wav"
+        if not target.exists():
+            wave = clip_audio(path)
+            _write_wav(target, wave[: max(1, int(len(wave) * keep_fraction))])
+        paths.append(str(target))
+        durations.append(sf.info(str(target)).frames / SAMPLE_RATE)
+    out["clip_id"] = [f"{c}/cut{keep_fraction:g}" for c in table.clip_id]
+    out["path"], out["duration_s"], out["keep_fraction"] = paths, durations, keep_fraction
+    return out.reset_index(drop=True)
+
+
+def non_speech_clips(n_clips: int, *, duration_s: float = 4.0, seed: int = 0,
+                     generated: Sequence[str] = ("white", "pink", "brown", "hum")) -> pd.DataFrame:
+    """``n_clips`` clips with no speech in them: real music and ambience (:func:`noise.real_noise_sources`: Sonic
+    Pi samples, music on hold) and generated noise, taken in turn so that every source is used, at the bank's level.
+
+    Columns ``clip_id, path, text`` (empty: nothing is said), ``speaker`` (the noise source: clips of one source
+    are one group in a grouped split), ``source`` (``"non-speech"``), ``noise`` (the source id), ``kind``
+    (``"music"``, ``"ambience"`` or ``"generated"``), ``duration_s``, ``licence``. Cached under ``cache_dir("bank",
+    "non_speech")``; a clip is a pure function of its source, seed and duration.
+    """
+    from . import noise as noise_module
+
+    real = noise_module.real_noise_sources()
+    sources = ([(r.noise_id, r.kind, r.licence) for r in real.itertuples()]
+               + [(kind, "generated", "generated") for kind in generated])
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(sources))
+    n_samples = int(round(duration_s * SAMPLE_RATE))
+    rows = []
+    for i in range(int(n_clips)):
+        noise_id, kind, licence = sources[order[i % len(sources)]]
+        clip_seed = seed * 1000 + i
+        digest = hashlib.sha256(f"{noise_id}|{clip_seed}|{n_samples}|{BANK_VERSION}".encode()).hexdigest()[:20]
+        path = cache_dir("bank", "non_speech", digest[:2]) / f"{digest}.wav"
+        if not path.exists():
+            wave = noise_module.noise_clip(noise_id, n_samples, seed=clip_seed)
+            wave = wave * (TARGET_RMS / max(float(np.sqrt(np.mean(wave ** 2))), 1e-8))
+            _write_wav(path, wave)
+        rows.append({"clip_id": f"non-speech/{noise_id}/{clip_seed}", "path": str(path), "text": "",
+                     "speaker": noise_id, "source": "non-speech", "noise": noise_id, "kind": kind,
+                     "duration_s": n_samples / SAMPLE_RATE, "licence": licence})
+    return pd.DataFrame(rows)
