@@ -575,10 +575,12 @@ class ProbeSweep:
     """What :func:`probe_sources` returns.
 
     Attributes:
-        table: one row per source and layer: ``source, layer, n_layers, depth`` (:func:`normalised_depth`),
-            the probe's ``accuracy, accuracy_std, ci_low, ci_high, chance``, the shuffled-label control's
-            ``control_accuracy`` (NaN without controls), ``selectivity`` (accuracy minus control) and
-            ``is_best`` (the source's :func:`best_layer`).
+        table: one row per source and layer: ``source, layer, n_layers, depth`` (:func:`normalised_depth`);
+            ``accuracy``, the accuracy of all out-of-fold predictions together (the ``pooled_accuracy`` of
+            :func:`probe_layers`), with its speaker-bootstrap interval ``ci_low, ci_high``; the fold accuracies'
+            ``fold_mean`` and ``fold_std``; ``chance``; the shuffled-label control's pooled ``control_accuracy``
+            (NaN without controls); ``selectivity`` (accuracy minus control); ``is_best``, the layer with the
+            highest ``accuracy`` (the earliest among ties).
         results: ``{source: ProbeResult}``.
         controls: ``{source: ProbeResult}`` of the shuffled-label control (empty without controls).
     """
@@ -620,10 +622,12 @@ def probe_sources(sources: dict, labels: Any, groups: Any, *, shuffled_control: 
     for name, features in sources.items():
         result = probe_layers(features, labels, groups, **kwargs)
         results[name] = result
-        table = result.table[["layer", "accuracy", "accuracy_std", "ci_low", "ci_high", "chance"]].copy()
+        table = result.table[["layer", "pooled_accuracy", "ci_low", "ci_high", "accuracy", "accuracy_std",
+                              "chance"]].rename(columns={"pooled_accuracy": "accuracy", "accuracy": "fold_mean",
+                                                         "accuracy_std": "fold_std"})
         if shuffled_control:
             controls[name] = shuffled_label_control(features, labels, groups, **kwargs)
-            table["control_accuracy"] = controls[name].table["accuracy"].to_numpy()
+            table["control_accuracy"] = controls[name].table["pooled_accuracy"].to_numpy()
         else:
             table["control_accuracy"] = np.nan
         table["selectivity"] = table["accuracy"] - table["control_accuracy"]
@@ -631,7 +635,7 @@ def probe_sources(sources: dict, labels: Any, groups: Any, *, shuffled_control: 
         table.insert(0, "source", name)
         table.insert(2, "n_layers", n_layers)
         table.insert(3, "depth", [normalised_depth(layer, n_layers) for layer in table["layer"]])
-        table["is_best"] = table["layer"] == best_layer(result)
+        table["is_best"] = table["layer"] == best_layer(table)
         frames.append(table)
     return ProbeSweep(table=pd.concat(frames, ignore_index=True), results=results, controls=controls)
 
@@ -647,9 +651,27 @@ def fit_probe(features: Any, labels: Any, groups: Any, *, Cs: Sequence[float] = 
     return _fit_probe(np.asarray(X[:, 0, :], dtype=np.float64), labels, groups, Cs, inner_splits, seed, n_jobs)
 
 
+@dataclass(frozen=True, eq=False)
+class TransferResult:
+    """What :func:`probe_transfer` returns.
+
+    Attributes:
+        table: one row per layer: ``layer, accuracy`` (on the test domain), ``balanced_accuracy`` (mean of the
+            per-class recalls over the classes present in the test set: the test domain is often unbalanced),
+            ``chosen_C``, ``n_test``, and one ``recall[<class>]`` column per test class.
+        per_group: one row per layer and test group (``layer, group, label, accuracy, n``); None without
+            ``test_groups``.
+    """
+    table: pd.DataFrame
+    per_group: Union[pd.DataFrame, None] = None
+
+    def _repr_html_(self) -> str:
+        return self.table._repr_html_()
+
+
 def probe_transfer(train_features: Any, train_labels: Any, train_groups: Any, test_features: Any, test_labels: Any,
                    test_groups: Any = None, *, Cs: Sequence[float] = DEFAULT_CS, inner_splits: int = 3,
-                   seed: int = 0) -> pd.DataFrame:
+                   seed: int = 0) -> TransferResult:
     """Per layer: a probe fitted on one domain (e.g. TTS voices) and scored on another (e.g. real recordings).
 
     Args:
@@ -657,10 +679,8 @@ def probe_transfer(train_features: Any, train_labels: Any, train_groups: Any, te
         test_features: ``(n_test, n_layers, d)``; test_labels: ``(n_test,)``; test_groups: optional speakers.
 
     Returns:
-        One row per layer: ``layer, accuracy`` (on the test domain), ``balanced_accuracy`` (mean of the per-class
-        recalls over the classes present in the test set: the test domain is often unbalanced), ``chosen_C``,
-        ``n_test``, and one ``recall[<class>]`` column per test class. With ``test_groups``, ``.attrs["per_group"]``
-        holds the accuracy per test group and layer.
+        A :class:`TransferResult`: ``.table`` per layer, ``.per_group`` per layer and test group (with
+        ``test_groups``).
     """
     train_features, train_labels, train_groups = _check_inputs(train_features, train_labels, train_groups)
     test_features, test_labels = _as_numpy(test_features), _as_numpy(test_labels)
@@ -689,7 +709,4 @@ def probe_transfer(train_features: Any, train_labels: Any, train_groups: Any, te
             for group in pd.unique(g):
                 per_group.append({"layer": layer, "group": group, "label": test_labels[g == group][0],
                                   "accuracy": float(correct[g == group].mean()), "n": int((g == group).sum())})
-    table = pd.DataFrame(rows)
-    if per_group:
-        table.attrs["per_group"] = pd.DataFrame(per_group)
-    return table
+    return TransferResult(table=pd.DataFrame(rows), per_group=pd.DataFrame(per_group) if per_group else None)

@@ -278,10 +278,11 @@ def test_probe_transfer_carries_a_planted_signal_to_another_domain_and_refuses_u
     features, labels, groups = synthetic(per_speaker=True, speaker_scale=0.3)
     other, other_labels, _ = synthetic(per_speaker=True, speaker_scale=0.3, seed=0)  # same directions, new draw
     shifted = other + 0.2                                                           # a small domain shift
-    table = probes.probe_transfer(features[:60], labels[:60], groups[:60], shifted[60:], other_labels[60:],
-                                  groups[60:])
+    result = probes.probe_transfer(features[:60], labels[:60], groups[:60], shifted[60:], other_labels[60:],
+                                   groups[60:])
+    table = result.table
     assert table.set_index("layer").loc[SIGNAL_LAYER, "balanced_accuracy"] > 0.9
     assert table.set_index("layer").drop(SIGNAL_LAYER).balanced_accuracy.max() < 0.8
-    assert set(table.attrs["per_group"].group) == set(groups[60:])
+    assert set(result.per_group.group) == set(groups[60:])
     with pytest.raises(ValueError, match="never occur in training"):
         probes.probe_transfer(features, labels, groups, features[:3], np.array(["x", "y", "z"]))
