@@ -155,10 +155,10 @@ class _Collector:
     """Receives every call of one hook point and keeps chunks, a running pool, or writes to disk."""
 
     def __init__(self, point: HookPoint, pool: str | None, lengths: torch.Tensor | None, device, dtype,
-                 disk: Path | None, index: int) -> None:
+                 disk: Path | None, index: int, starts: torch.Tensor | None = None) -> None:
         if pool is not None and point.is_pattern:
             raise ValueError(f"{point.name}: attention patterns cannot be pooled; cache them with pool=None.")
-        self.point, self.pool, self.lengths = point, pool, lengths
+        self.point, self.pool, self.lengths, self.starts = point, pool, lengths, starts
         self.device, self.dtype, self.disk, self.index = device, dtype, disk, index
         self.chunks: list = []
         self.total: torch.Tensor | None = None
@@ -185,6 +185,8 @@ class _Collector:
             valid = pos[None, :] < self.lengths.to(act.device)[:, None]  # (batch, pos)
         else:
             valid = torch.ones(act.shape[0], act.shape[1], dtype=torch.bool, device=act.device)
+        if self.starts is not None:
+            valid = valid & (pos[None, :] >= self.starts.to(act.device)[:, None])
         shape = valid.shape + (1,) * (act.dim() - 2)
         v = valid.view(shape)
         x = act.float()
@@ -216,7 +218,7 @@ class _Collector:
 def cache_activations(model: Any, names: Union[str, Sequence[str], Callable[[str], bool]] = "*", *,
                       pool: str | None = None, n_frames: Any = None, n_tokens: Any = None,
                       device: Union[str, torch.device, None] = "cpu", dtype: torch.dtype | None = None,
-                      to_disk: Union[str, Path, None] = None) -> Iterator[ActivationCache]:
+                      to_disk: Union[str, Path, None] = None, first_frames: Any = None) -> Iterator[ActivationCache]:
     """Record the activations at ``names`` during every forward (or ``generate``) inside the ``with`` block.
 
     Args:
@@ -225,6 +227,9 @@ def cache_activations(model: Any, names: Union[str, Sequence[str], Callable[[str
         pool: None (keep positions), ``"mean"`` or ``"max"`` over valid positions, on the fly.
         n_frames: ``(batch,)`` real encoder frames per clip (``AudioBatch.n_frames``); pooling ignores the rest.
         n_tokens: ``(batch,)`` real decoder tokens per sequence; pooling ignores positions from there on.
+        first_frames: ``(batch,)`` encoder frame at which each clip's pooled span starts (default 0): with
+            ``n_frames`` as the span's end, pooling covers frames ``first_frames[i] .. n_frames[i] - 1``, e.g. one
+            word's frames from its timestamps (20 ms a frame).
         device: where to keep the activations (default CPU, so GPU memory is not held); None keeps them where
             they were computed.
         dtype: cast to this dtype (e.g. ``torch.float16`` to halve memory).
@@ -240,7 +245,9 @@ def cache_activations(model: Any, names: Union[str, Sequence[str], Callable[[str
         disk.mkdir(parents=True, exist_ok=True)
         (disk / "manifest.json").unlink(missing_ok=True)
     lengths = {"enc": _as_lengths(n_frames), "dec": _as_lengths(n_tokens)}
-    collectors = [_Collector(p, pool, lengths[p.side], device, dtype, disk, i) for i, p in enumerate(points)]
+    starts = {"enc": _as_lengths(first_frames), "dec": None}
+    collectors = [_Collector(p, pool, lengths[p.side], device, dtype, disk, i, starts[p.side])
+                  for i, p in enumerate(points)]
     cache = ActivationCache(pooled=pool)
     with HookSession(model) as session:
         for c in collectors:

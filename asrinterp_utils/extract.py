@@ -16,10 +16,12 @@ paths plus a loader), a custom ``Sequence``, or a function ``i -> clip`` with ``
 What is pooled
 --------------
 ``side="encoder"``: only the encoder runs; ``pool="mean"`` or ``"max"`` over the clip's real frames
-(``n_valid_frames`` of :meth:`~asrinterp_utils.models.LoadedModel.features`), never over the padding up to 30 s.
+(``n_valid_frames`` of :meth:`~asrinterp_utils.models.LoadedModel.features`), never over the padding up to 30 s;
+or, with ``spans`` (one ``(start_s, end_s)`` per clip, e.g. a word's timestamps), over that span's frames only.
 
 ``side="decoder"``: the model decodes its own greedy hypothesis (``lm.generate_ids(None, encoder_states=...)``,
-from the encoder output, so the encoder runs once per batch), then the decoder is teacher-forced on it. The pooled span is the *generated tokens*: the text tokens and the closing ``<|endoftext|>`` (absent only
+from the encoder output, so the encoder runs once per batch), then the decoder is teacher-forced on it.
+The pooled span is the *generated tokens*: the text tokens and the closing ``<|endoftext|>`` (absent only
 when the text was cut at ``max_new_tokens``), so it is never empty, not even for an empty transcript. The prompt
 (``<|startoftranscript|>`` ...) is left out: it is run first, without hooks, and the generated tokens are then
 run on its key/value cache, so the hooks see absolute positions from ``len(prompt)`` on and
@@ -57,6 +59,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -80,6 +83,7 @@ __all__ = ["ConfigMismatchError", "FeatureStore", "LazyClips", "Shard", "TableFe
 FORMAT = 2  # bump when the folder layout changes: older folders are then refused (2: decoder shards keep tokens)
 POOLS = ("mean", "max", "last")
 SIDES = ("encoder", "decoder")
+SECONDS_PER_FRAME = 0.02  # one encoder frame
 CONFIG_FILE = "config.json"
 MANIFEST_FILE = "manifest.json"
 
@@ -319,32 +323,41 @@ def _generated_lengths(new_ids: torch.Tensor, end_of_text: int) -> torch.Tensor:
 
 @torch.no_grad()
 def pool_batch(lm: Any, audio: Sequence[np.ndarray], names: Sequence[str], *, side: str = "encoder",
-               pool: str = "mean", max_new_tokens: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+               pool: str = "mean", max_new_tokens: int = 128,
+               spans: Union[Sequence, None] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled features of one batch of clips (see the module docstring for what is pooled).
 
     Args:
         lm: a :class:`~asrinterp_utils.models.LoadedModel` (``features``, ``generate_ids``, ``prompt_ids``).
         audio: the batch's clips, each ``(n_samples,)`` float32 at 16 kHz.
         names: exact hook-point names, all on ``side``.
+        spans: (encoder side) one ``(start_s, end_s)`` per clip, e.g. a word's timestamps: pool only the encoder
+            frames that overlap it (``floor(start_s / 0.02)`` to ``ceil(end_s / 0.02)``, within the clip's real
+            frames); None pools all real frames.
 
     Returns:
         ``features (batch, n_points, d)`` float32 on the CPU, points in the order of ``names``, and
         ``n_positions (batch,)``: the frames (encoder) or generated tokens (decoder) that were pooled.
     """
-    features, n_positions, _ = _pool_batch(lm, audio, names, side=side, pool=pool, max_new_tokens=max_new_tokens)
+    features, n_positions, _ = _pool_batch(lm, audio, names, side=side, pool=pool, max_new_tokens=max_new_tokens,
+                                           spans=spans)
     return features, n_positions
 
 
 def _pool_batch(lm: Any, audio: Sequence[np.ndarray], names: Sequence[str], *, side: str, pool: str,
-                max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor, Union[torch.Tensor, None]]:
+                max_new_tokens: int,
+                spans: Union[Sequence, None] = None) -> tuple[torch.Tensor, torch.Tensor, Union[torch.Tensor, None]]:
     """:func:`pool_batch`, plus (decoder side) the generated tokens ``(batch, n_new)`` on the CPU (None for the
     encoder side)."""
     feats, n_frames = lm.features(audio)  # (batch, n_mels, 3000), (batch,)
     encoder = whisper_core(lm).encoder
     if side == "encoder":
-        with cache_activations(lm, names, pool=pool, n_frames=n_frames) as cache:
+        first = None
+        if spans is not None:
+            first, n_frames = _span_frames(spans, n_frames)
+        with cache_activations(lm, names, pool=pool, n_frames=n_frames, first_frames=first) as cache:
             encoder(feats)
-        return _stack(cache, names), n_frames, None
+        return _stack(cache, names), n_frames - (0 if first is None else first), None
 
     states = encoder(feats).last_hidden_state  # (batch, frames, d_model)
     ids = lm.generate_ids(None, max_new_tokens=max_new_tokens, encoder_states=states)  # (batch, n_prompt + n_new), CPU
@@ -374,6 +387,21 @@ def _pool_batch(lm: Any, audio: Sequence[np.ndarray], names: Sequence[str], *, s
             pooled.append(acts.masked_fill(~real, float("-inf")).amax(dim=2))
     features = pooled[0] if isinstance(pool, str) else torch.stack(pooled, dim=1)  # (batch, [n_pools,] n_points, d)
     return features.cpu(), n_generated, new_ids
+
+
+def _span_frames(spans: Sequence, n_frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """First and end (exclusive) encoder frames of each ``(start_s, end_s)`` span, within the real frames."""
+    first, end = [], []
+    for (start_s, end_s), n in zip(spans, n_frames.tolist()):
+        if not 0 <= start_s < end_s:
+            raise ValueError(f"a span must satisfy 0 <= start_s < end_s, got ({start_s}, {end_s})")
+        a = int(math.floor(start_s / SECONDS_PER_FRAME))
+        b = min(int(math.ceil(end_s / SECONDS_PER_FRAME - 1e-9)), n)
+        if a >= b:
+            raise ValueError(f"the span ({start_s}, {end_s}) s lies outside the clip's {n * SECONDS_PER_FRAME:.2f} s")
+        first.append(a)
+        end.append(b)
+    return torch.tensor(first), torch.tensor(end)
 
 
 def _pools(pool: Union[str, Sequence[str]]) -> tuple[str, ...]:
@@ -407,7 +435,8 @@ def extract_features(lm: Any, clips: Any, names: Any, *, out_dir: PathLike, pool
                      side: str = "encoder", batch_size: int = 8, shard_size: int = 64, max_new_tokens: int = 128,
                      n_clips: int | None = None, clip_ids: Sequence | None = None, progress: bool = True,
                      process_index: int = 0, num_processes: int = 1,
-                     attention: Union[str, None] = "sdpa") -> "FeatureStore | None":
+                     attention: Union[str, None] = "sdpa",
+                     spans: Union[Sequence, None] = None) -> "FeatureStore | None":
     """Pool the activations at ``names`` for every clip and write them to ``out_dir`` in shards.
 
     Args:
@@ -433,6 +462,8 @@ def extract_features(lm: Any, clips: Any, names: Any, *, out_dir: PathLike, pool
         attention: the attention backend during the extraction (:func:`~asrinterp_utils.models.attention_backend`;
             the model's own is restored afterwards). ``"sdpa"`` (default) gives the features of ``"eager"`` up to
             float rounding, 2-3x faster on a CPU; None keeps the model's backend. Not part of the configuration.
+        spans: (encoder side) one ``(start_s, end_s)`` per clip, e.g. a word's timestamps: only the frames of that
+            span are pooled (:func:`pool_batch`); part of the configuration.
 
     Returns:
         With one process, the :class:`FeatureStore` (``store.load()``: ``(n_clips, n_points, d)`` float32). With
@@ -457,9 +488,15 @@ def extract_features(lm: Any, clips: Any, names: Any, *, out_dir: PathLike, pool
     n, get_clip = _clip_getter(clips, n_clips)
     if n == 0:
         raise ValueError("clips is empty.")
+    if spans is not None:
+        if side != "encoder":
+            raise ValueError("spans select encoder frames: they need side='encoder'.")
+        spans = [(float(a), float(b)) for a, b in spans]
+        if len(spans) != n:
+            raise ValueError(f"spans has {len(spans)} entries for {n} clips: give one (start_s, end_s) per clip.")
 
     config = {"format": FORMAT, "side": side, "pool": pool if isinstance(pool, str) else list(pools),
-              "names": points, "shard_size": int(shard_size),
+              "names": points, "shard_size": int(shard_size), **({"spans": spans} if spans is not None else {}),
               "n_clips": n, "max_new_tokens": int(max_new_tokens) if side == "decoder" else None,
               "clips": _clips_fingerprint(clips, n, clip_ids), **_model_fingerprint(lm)}
     out_dir = Path(out_dir)
@@ -477,8 +514,10 @@ def extract_features(lm: Any, clips: Any, names: Any, *, out_dir: PathLike, pool
             features, n_positions, token_ids = [], [], []
             for start in range(shard.start, shard.stop, batch_size):
                 audio = [get_clip(i) for i in range(start, min(start + batch_size, shard.stop))]
+                stop = min(start + batch_size, shard.stop)
                 pooled, n_pos, new_ids = _pool_batch(lm, audio, points, side=side, pool=pool,
-                                                     max_new_tokens=max_new_tokens)
+                                                     max_new_tokens=max_new_tokens,
+                                                     spans=None if spans is None else spans[start:stop])
                 del audio  # before the next batch is loaded: one batch of audio at a time
                 features.append(pooled.numpy())
                 n_positions.append(n_pos.cpu().numpy())

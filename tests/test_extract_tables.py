@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from asrinterp_utils.cache import cache_activations
 from asrinterp_utils.data.real import write_wav_atomic
 from asrinterp_utils.extract import extract_features, log_mel_features, table_features
 from asrinterp_utils.models import attention_backend, random_init_model
@@ -122,3 +123,26 @@ def test_decoder_table_features_of_tiny_en_carry_its_transcripts(tmp_path):
                         out_dir=tmp_path, progress=False)
     assert tf.features.shape == (3, 2, 4, 384) and tf.pools == ("mean", "last")
     assert tf.transcripts == [t.strip() for t in tiny.transcribe([clip_audio(p) for p in table.path])]
+
+
+@pytest.mark.parametrize("pool", ["mean", "max"])
+def test_word_spans_pool_only_the_frames_of_each_span(toy_lm, toy_lm_clips, tmp_path, pool):
+    """Against a full cache of the encoder, reduced by hand over frames floor(start/0.02) .. ceil(end/0.02)."""
+    lm, clips = toy_lm, toy_lm_clips[:5]
+    spans = [(0.0, 0.5), (0.1, 0.3), (0.21, 0.39), (0.5, 1.0), (0.02, 0.04)]
+    store = extract_features(lm, clips, "enc.*.resid_post", out_dir=tmp_path / "words", pool=pool, spans=spans,
+                             **SMALL)
+    feats, n_frames = lm.features(clips)
+    with torch.no_grad(), cache_activations(lm, "enc.*.resid_post") as cache:
+        lm.model.model.encoder(feats)
+    full = cache.stack("enc.*.resid_post").transpose(0, 1).numpy()  # (clips, points, frames, d)
+    frames = [(0, 25), (5, 15), (10, 20), (25, 50), (1, 2)]
+    assert all(b <= n for (_, b), n in zip(frames, n_frames.tolist()))
+    reduce = np.mean if pool == "mean" else np.max
+    expected = np.stack([reduce(full[i, :, a:b], axis=1) for i, (a, b) in enumerate(frames)])
+    np.testing.assert_allclose(store.load(), expected, rtol=1e-4, atol=1e-4)
+    assert store.n_positions().tolist() == [b - a for a, b in frames]
+    with pytest.raises(ValueError, match="one \\(start_s, end_s\\) per clip"):
+        extract_features(lm, clips, "enc.*.resid_post", out_dir=tmp_path / "bad", spans=spans[:2], **SMALL)
+    with pytest.raises(ValueError, match="outside the clip"):
+        extract_features(lm, clips[:1], "enc.*.resid_post", out_dir=tmp_path / "far", spans=[(60.0, 61.0)], **SMALL)
