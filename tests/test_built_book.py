@@ -174,6 +174,17 @@ def _chromium() -> str | None:
     return None
 
 
+RAW_TABLE = re.compile(r"<p>\|[^<]*\n\|\s*(?:-{3}|—)")  # "| a | b |" then a "|---|" row, left as a paragraph
+
+
+@pytest.mark.parametrize("html_dir", DIRS, ids=lambda d: str(d.relative_to(ROOT)) if d.is_relative_to(ROOT) else str(d))
+def test_markdown_tables_in_cell_outputs_are_rendered_as_tables(html_dir: Path) -> None:
+    """Generated Markdown tables (the paper-beside-ours claims) must become <table>s, not a paragraph of pipes."""
+    raw = [str(page.relative_to(html_dir)) for page in pages(html_dir)
+           if RAW_TABLE.search(page.read_text(encoding="utf-8", errors="replace"))]
+    assert not raw, f"Markdown tables shown as text in {raw}: set nb_render_markdown_format to myst (or gfm)"
+
+
 @pytest.mark.parametrize("html_dir", DIRS, ids=lambda d: str(d.relative_to(ROOT)) if d.is_relative_to(ROOT) else str(d))
 def test_widgets_render_offline_in_a_browser(html_dir: Path) -> None:
     """Open the first page with widgets in headless Chromium with every host name unresolvable, and check that
