@@ -73,7 +73,7 @@ from tqdm.auto import tqdm
 
 from .cache import cache_activations
 from .hooks import hf_model, resolve_hook_points, whisper_core
-from .models import attention_backend
+from .models import SAMPLE_RATE, SAMPLES_PER_ENCODER_FRAME, attention_backend
 from .runtime import write_text_atomic
 
 __all__ = ["ConfigMismatchError", "FeatureStore", "LazyClips", "Shard", "TableFeatures", "extract_features",
@@ -83,7 +83,7 @@ __all__ = ["ConfigMismatchError", "FeatureStore", "LazyClips", "Shard", "TableFe
 FORMAT = 2  # bump when the folder layout changes: older folders are then refused (2: decoder shards keep tokens)
 POOLS = ("mean", "max", "last")
 SIDES = ("encoder", "decoder")
-SECONDS_PER_FRAME = 0.02  # one encoder frame
+SECONDS_PER_FRAME = SAMPLES_PER_ENCODER_FRAME / SAMPLE_RATE  # one encoder frame: 0.02 s
 CONFIG_FILE = "config.json"
 MANIFEST_FILE = "manifest.json"
 
@@ -594,11 +594,15 @@ class FeatureStore:
     def iter_shards(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per shard: ``clip_index (n,)``, ``features (n, n_points, d)`` and ``n_positions (n,)``; one shard in
         memory at a time."""
+        for t in self._shard_tensors():
+            yield t["clip_index"], t["features"], t["n_positions"]
+
+    def _shard_tensors(self) -> Iterator[dict]:
+        """Every tensor of each shard file, one shard at a time."""
         from safetensors.numpy import load_file
 
         for shard in self.shards:
-            t = load_file(str(self.out_dir / shard.file))
-            yield t["clip_index"], t["features"], t["n_positions"]
+            yield load_file(str(self.out_dir / shard.file))
 
     def load(self) -> np.ndarray:
         """Every clip's features, ``(n_clips, n_points, d)`` float32, in clip order."""
@@ -620,11 +624,8 @@ class FeatureStore:
         its text."""
         if self.side != "decoder":
             raise ValueError("token_ids exist only for side='decoder' folders (the encoder side generates nothing).")
-        from safetensors.numpy import load_file
-
         out: list[list[int]] = [[] for _ in range(self.n_clips)]
-        for shard in self.shards:
-            t = load_file(str(self.out_dir / shard.file))
+        for t in self._shard_tensors():
             for i, row in zip(t["clip_index"].tolist(), t["token_ids"].tolist()):
                 out[i] = [x for x in row if x >= 0]
         return out
