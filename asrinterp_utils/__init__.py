@@ -7,7 +7,8 @@ The package behind the executable book "Beyond Transcription, executed". One mod
 ``audio``       16 kHz mono float32 in, validated, with each clip's true length
 ``hooks``       the hook-point grammar (``enc.3.resid_post``, ``dec.1.cross_head_out``) and :func:`patch`
 ``cache``       :func:`cache_activations`: filtered, pooled over real frames, in memory or on disk
-``patching``    batched patch sweeps (encoder output and cross-attention keys/values reused)
+``patching``    batched patch sweeps, patched generation beside a reference run, attribution patching
+``repetition``  repetition loops: candidate inputs, mining, how a patch resolves them
 ``lens``        logit lens, saturation layer, encoder lens, tuned lens
 ``audio_llm``   the same lenses on Qwen2-Audio (audio tower + language model)
 ``metrics``     normalised WER, repetition loops, transcript kinds

@@ -257,8 +257,9 @@ class Intervention:
     """A change to an activation, restricted to some batch rows, positions and heads (None = all).
 
     ``mode`` is one of ``replace`` (by ``value``), ``add`` (``value``), ``scale`` (by ``value``), ``zero``,
-    ``mean`` (replace by ``value``, a mean activation; None = the mean over this batch and positions) or ``fn``
-    (``value(act, ctx) -> act``). ``value`` may be a tensor in the point's layout (its position axis is indexed
+    ``mean`` (replace by ``value``, a mean activation; None = the mean over this batch and positions), ``fn``
+    (``value(act, ctx) -> act``) or ``from_rows`` (replace by the same activation of other rows ``value`` of the same
+    batch: a reference run stacked beside the patched one). ``value`` may be a tensor in the point's layout (its position axis is indexed
     by absolute position; size 1 broadcasts), an :class:`~asrinterp_utils.cache.ActivationCache` holding the point
     (e.g. another run's), a number, or a function. Build them with :func:`replace`, :func:`add`, :func:`scale`,
     :func:`zero`, :func:`mean_ablate`, :func:`apply`.
@@ -271,7 +272,7 @@ class Intervention:
     rows: Union[None, int, slice, Sequence[int]] = None
 
     def __post_init__(self) -> None:
-        if self.mode not in ("replace", "add", "scale", "zero", "mean", "fn"):
+        if self.mode not in ("replace", "add", "scale", "zero", "mean", "fn", "from_rows"):
             raise ValueError(f"unknown intervention mode {self.mode!r}")
 
 
@@ -305,6 +306,14 @@ def apply(fn: Callable[[torch.Tensor, HookContext], torch.Tensor], *, heads=None
           rows=None) -> Intervention:
     """Replace the activation by ``fn(act, ctx)`` (same shape)."""
     return Intervention("fn", fn, heads, positions, rows)
+
+
+def from_rows(source_rows: Union[int, Sequence[int]], *, heads=None, positions=None, rows=None) -> Intervention:
+    """Replace rows ``rows`` by the activation of rows ``source_rows`` of the same forward (one source row per
+    patched row, in order). This patches from a reference run that is stacked in the same batch and steps with it,
+    e.g. a white-noise run that is fed the patched run's tokens during generation
+    (:func:`asrinterp_utils.patching.generate_sweep` builds these)."""
+    return Intervention("from_rows", source_rows, heads, positions, rows)
 
 
 def _index_list(sel, n: int, what: str) -> torch.Tensor | None:
@@ -377,6 +386,12 @@ def _intervene(act: torch.Tensor, iv: Intervention, ctx: HookContext) -> torch.T
         if new.shape != sub.shape:
             raise ValueError(f"{point.name}: the patch function returned shape {tuple(new.shape)}, "
                              f"expected {tuple(sub.shape)}")
+    elif iv.mode == "from_rows":
+        source = _index_list(value, act.shape[0], "source rows")
+        if source is None or len(source) != n_rows:
+            raise ValueError(f"{point.name}: from_rows needs one source row per patched row ({n_rows}); got "
+                             f"{None if source is None else len(source)}")
+        new = act[source.to(act.device)]
     elif iv.mode == "mean" and value is None:
         new = sub.mean(dim=(0, 1), keepdim=True).expand_as(sub)
     elif isinstance(value, (int, float)) and iv.mode != "mean":

@@ -276,6 +276,19 @@ class LoadedModel:
         prompt_block = torch.tensor([prompt] * len(new_ids), dtype=torch.long)
         return torch.cat([prompt_block, new_ids], dim=1)
 
+    def suppression_masks(self, suppress_timestamps: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tokens greedy decoding forbids, as boolean masks over the vocabulary ``(vocab,)`` on the model's
+        device: ``(at_first_step, at_every_step)``. Every step forbids the generation config's ``suppress_tokens``
+        (and, by default, the timestamp tokens); the first step also ``begin_suppress_tokens``."""
+        config = self.model.generation_config
+        always = torch.zeros(self.model.config.vocab_size, dtype=torch.bool, device=self.device)
+        always[list(config.suppress_tokens or [])] = True
+        if suppress_timestamps:
+            always[int(config.no_timestamps_token_id) + 1:] = True
+        at_start = always.clone()
+        at_start[list(config.begin_suppress_tokens or [])] = True
+        return at_start, always
+
     @torch.no_grad()
     def decode_greedy(self, encoder_states: torch.Tensor, max_new_tokens: int = 128, *,
                       suppress_timestamps: bool = True) -> torch.LongTensor:
@@ -303,15 +316,8 @@ class LoadedModel:
         if encoder_states.ndim != 3 or encoder_states.shape[-1] != self.dims.d_model:
             raise ValueError(f"encoder_states must be (batch, frames, {self.dims.d_model}); got "
                              f"{tuple(encoder_states.shape)}.")
-        config = self.model.generation_config
-        end_of_text = int(config.eos_token_id)
-        vocab = self.model.config.vocab_size
-        always = torch.zeros(vocab, dtype=torch.bool, device=self.device)
-        always[list(config.suppress_tokens or [])] = True
-        if suppress_timestamps:
-            always[int(config.no_timestamps_token_id) + 1:] = True
-        at_start = always.clone()
-        at_start[list(config.begin_suppress_tokens or [])] = True
+        end_of_text = int(self.model.generation_config.eos_token_id)
+        at_start, always = self.suppression_masks(suppress_timestamps)
         states = encoder_states.to(device=self.device, dtype=self.dtype)
         batch = len(states)
         ids = torch.tensor([self.prompt_ids()] * batch, device=self.device)

@@ -76,10 +76,18 @@ def token_logprob(start: int) -> Metric:
     return metric
 
 
-def logit_diff(position: int, good: int, bad: int) -> Metric:
-    """``logit[good] - logit[bad]`` at one decoder position."""
+def logit_diff(position: int | Sequence[int], good: int | Sequence[int], bad: int | Sequence[int]) -> Metric:
+    """``logit[good] - logit[bad]`` at a decoder position: the logits *at* ``position`` predict the token at
+    ``position + 1``. Each argument is one value for every row, or a sequence with one value per clip (rows of a
+    stacked sweep repeat the clips in order)."""
     def metric(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        return (logits[:, position, good] - logits[:, position, bad]).float()
+        n = logits.shape[0]
+        def per_row(value):
+            t = torch.as_tensor(value, dtype=torch.long, device=logits.device).flatten()
+            return t.repeat(n // len(t)) if len(t) > 1 else t.expand(n)
+        rows = torch.arange(n, device=logits.device)
+        pos = per_row(position)
+        return (logits[rows, pos, per_row(good)] - logits[rows, pos, per_row(bad)]).float()
     return metric
 
 
@@ -244,8 +252,10 @@ def run_sweep(model: Any, input_features: torch.Tensor, decoder_input_ids: torch
     if method != "batched":
         raise ValueError(f"method must be 'batched' or 'naive', got {method!r}")
 
-    decoder_only = all(p.side == "dec" for t in targets for name in t.interventions
-                       for p in resolve_hook_points(model, name))
+    sides = [{p.side for name in t.interventions for p in resolve_hook_points(model, name)} for t in targets]
+    decoder_only = all(side <= {"dec"} for side in sides)
+    if all(side == {"enc"} for side in sides) and targets:
+        return _encoder_sweep(model, feats, ids, targets, metric, batch_size, progress)
     if decoder_only:
         encoder_out = whisper_core(model).encoder(feats).last_hidden_state  # once for every target
         cross_kv = cross_attention_kv(model, encoder_out)  # once for every target
@@ -266,8 +276,396 @@ def run_sweep(model: Any, input_features: torch.Tensor, decoder_input_ids: torch
     return SweepResult([t.label for t in targets], values, baseline)
 
 
+def _first_encoder_layer(model: Any, target: PatchTarget) -> int:
+    """The first encoder layer a target touches (``enc.final`` counts as one past the last layer)."""
+    n_layers = len(whisper_core(model).encoder.layers)
+    return min(n_layers if p.layer is None else p.layer
+               for name in target.interventions for p in resolve_hook_points(model, name))
+
+
+def _encoder_sweep(model: Any, feats: torch.Tensor, ids: torch.Tensor, targets: Sequence[PatchTarget],
+                   metric: Metric, batch_size: int, progress: bool) -> SweepResult:
+    """Encoder-only targets, reusing the unpatched prefix: a target that first touches layer ``L`` leaves layers
+    ``0 .. L-1`` (and the convolutional front end) as they were, so the clean ``enc.{L}.resid_pre`` is computed once
+    and the stacked targets run from layer ``L`` on. Targets are grouped by first layer, ``batch_size`` per
+    forward."""
+    from .cache import cache_activations
+
+    core = whisper_core(model)
+    encoder = core.encoder
+    last = len(encoder.layers) - 1
+    with cache_activations(model, ["enc.*.resid_pre", f"enc.{last}.resid_post"]) as prefix:
+        clean_out = encoder(feats).last_hidden_state
+    baseline = metric(decoder_logits(model, ids, clean_out), ids).cpu()
+    batch = feats.shape[0]
+    values = torch.empty(len(targets), batch)
+    first = [_first_encoder_layer(model, t) for t in targets]
+    order = sorted(range(len(targets)), key=lambda i: first[i])
+    chunks: list[list[int]] = []
+    for i in order:  # chunks of targets that share their first layer
+        if chunks and first[chunks[-1][0]] == first[i] and len(chunks[-1]) < batch_size:
+            chunks[-1].append(i)
+        else:
+            chunks.append([i])
+    for chunk in _progress(chunks, progress, "encoder sweep"):
+        k, start = len(chunk), first[chunk[0]]
+        name = f"enc.{start}.resid_pre" if start <= last else f"enc.{last}.resid_post"  # enc.final: LN input
+        hidden = prefix[name].to(feats.device, feats.dtype).repeat(k, 1, 1)
+        with patch(model, _batched_interventions([targets[i] for i in chunk], batch)):
+            for layer in encoder.layers[start:]:
+                hidden = layer(hidden, None)
+            hidden = encoder.layer_norm(hidden)
+            logits = decoder_logits(model, ids.repeat(k, 1), hidden)
+        values[chunk] = metric(logits, ids.repeat(k, 1)).view(k, batch).cpu()
+    return SweepResult([t.label for t in targets], values, baseline)
+
+
 def _progress(items, enabled: bool, desc: str):
     if not enabled:
         return items
     from tqdm.auto import tqdm
     return tqdm(items, desc=desc)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Patched generation: a reference run that steps with the patched one
+# ---------------------------------------------------------------------------------------------------------------
+
+class _Reference:
+    """The value a component takes in the reference run (see :func:`generate_sweep`)."""
+
+    def __repr__(self) -> str:
+        return "REFERENCE"
+
+
+REFERENCE = _Reference()
+"""Patch source meaning "this component's value in the reference run": ``replace(REFERENCE)``, or
+``component_targets(lm, "dec.*.cross_attn_out", source=REFERENCE)``, ``head_targets(..., source=REFERENCE)``."""
+
+
+@dataclass
+class GenerationSweep:
+    """Greedy transcripts with each target patched.
+
+    ``token_ids[i][b]`` and ``texts[i][b]``: the text tokens and text for target ``i`` on clip ``b``;
+    ``baseline_*``: unpatched; ``reference_texts[b]``: what the model writes for the reference input itself.
+    """
+
+    labels: list[str]
+    token_ids: list[list[list[int]]]
+    texts: list[list[str]]
+    baseline_ids: list[list[int]]
+    baseline_texts: list[str]
+    reference_texts: list[str]
+    max_new_tokens: int
+
+    def to_frame(self):
+        """One row per (target, clip): ``target, clip, text, baseline_text, n_tokens, hit_limit, loop,
+        baseline_loop`` (loops by :func:`asrinterp_utils.metrics.is_repetitive`; ``hit_limit``: the text ran to
+        ``max_new_tokens`` without ending)."""
+        import pandas as pd
+
+        from .metrics import is_repetitive
+
+        base_loop = [is_repetitive(t) for t in self.baseline_texts]
+        rows = []
+        for label, ids_per_clip, texts in zip(self.labels, self.token_ids, self.texts):
+            for b, (ids, text) in enumerate(zip(ids_per_clip, texts)):
+                rows.append({"target": label, "clip": b, "text": text, "baseline_text": self.baseline_texts[b],
+                             "n_tokens": len(ids), "hit_limit": len(ids) >= self.max_new_tokens,
+                             "loop": is_repetitive(text), "baseline_loop": base_loop[b]})
+        return pd.DataFrame(rows)
+
+
+def combine(*targets: PatchTarget, label: str | None = None) -> PatchTarget:
+    """One target that applies the interventions of several together (e.g. a layer's cross-attention and a head).
+    Two targets on the same hook point are applied in order."""
+    merged: dict[str, list[Intervention]] = {}
+    for t in targets:
+        for name, iv in t.interventions.items():
+            merged.setdefault(name, []).extend(iv if isinstance(iv, (list, tuple)) else [iv])
+    return PatchTarget(label or " + ".join(t.label for t in targets), merged)
+
+
+def _target_side(model: Any, target: PatchTarget) -> set[str]:
+    return {p.side for name in target.interventions for p in resolve_hook_points(model, name)}
+
+
+def _rowwise(target: PatchTarget, dst: list[int], src: list[int]) -> dict[str, list[Intervention]]:
+    """The target's interventions restricted to rows ``dst``; a ``REFERENCE`` value reads rows ``src``."""
+    out: dict[str, list[Intervention]] = {}
+    for name, ivs in target.interventions.items():
+        for iv in (ivs if isinstance(ivs, (list, tuple)) else [ivs]):
+            if iv.rows is not None:
+                raise ValueError(f"{target.label}: rows are set by the sweep; leave Intervention.rows as None")
+            if iv.value is REFERENCE:
+                if iv.mode != "replace":
+                    raise ValueError(f"{target.label}: REFERENCE is a source for replace(), not {iv.mode}()")
+                iv = Intervention("from_rows", src, iv.heads, iv.positions, dst)
+            else:
+                iv = Intervention(iv.mode, iv.value, iv.heads, iv.positions, dst)
+            out.setdefault(name, []).append(iv)
+    return out
+
+
+def _merge(into: dict[str, list[Intervention]], more: dict[str, list[Intervention]]) -> None:
+    for name, ivs in more.items():
+        into.setdefault(name, []).extend(ivs)
+
+
+def _lockstep_decode(lm: Any, clean_states: torch.Tensor, ref_states: torch.Tensor, chunk: Sequence[PatchTarget],
+                     max_new_tokens: int, share_kv: bool) -> list[list[list[int]]]:
+    """Greedy decoding of ``K = len(chunk)`` patched copies of a batch of ``B`` clips, each beside a reference row
+    that is fed the same tokens. Rows ``k * 2B + b`` are target ``k``'s patched clip ``b`` and rows
+    ``k * 2B + B + b`` its reference rows, which read ``ref_states``. Returns ``[target][clip] -> text token ids``.
+
+    With ``share_kv`` the cross-attention keys and values of the ``2B`` distinct encoder outputs are projected once
+    and shared by the ``K`` copies (no copy is materialised); without it every row gets its own (the naive way).
+    """
+    core = whisper_core(lm.model)
+    batch, k = len(clean_states), len(chunk)
+    n_rows = 2 * batch * k
+    plan: dict[str, list[Intervention]] = {}
+    for i, target in enumerate(chunk):
+        dst = [i * 2 * batch + b for b in range(batch)]
+        _merge(plan, _rowwise(target, dst, [r + batch for r in dst]))
+    states = torch.cat([clean_states, ref_states]).to(device=lm.device, dtype=lm.dtype)  # (2B, frames, d)
+    end_of_text = int(lm.model.generation_config.eos_token_id)
+    at_start, always = lm.suppression_masks()
+    step_input = torch.tensor([lm.prompt_ids()] * n_rows, device=lm.device)
+    out = torch.full((n_rows, max_new_tokens), end_of_text, dtype=torch.long, device=lm.device)
+    ended = torch.zeros(n_rows, dtype=torch.bool, device=lm.device)
+    if share_kv:
+        cache = EncoderDecoderCache(DynamicCache(), cross_attention_kv(lm.model, states))
+        for i in range(len(core.decoder.layers)):
+            cache.is_updated[i] = True
+        attention = _SharedKVAttention(core)
+    else:
+        cache, attention = None, _NoOp()
+        states = states.repeat(k, 1, 1)
+    patched_rows = torch.tensor([i * 2 * batch + b for i in range(k) for b in range(batch)], device=lm.device)
+    n_steps = 0
+    proj_out = hf_model(lm.model).proj_out
+    with patch(lm, plan), attention:
+        for step in range(max_new_tokens):
+            if share_kv:
+                hidden = core.decoder(input_ids=step_input, encoder_hidden_states=states, cache=cache,
+                                      use_cache=True).last_hidden_state
+                logits = proj_out(hidden[patched_rows, -1])  # only the patched rows choose tokens
+            else:
+                result = lm.model(encoder_outputs=(states,), decoder_input_ids=step_input, cache=cache,
+                                  use_cache=True)
+                cache, logits = result.cache, result.logits[patched_rows, -1]
+            logits = logits.float().masked_fill(at_start if step == 0 else always, float("-inf"))
+            chosen = logits.argmax(-1).view(k, batch)  # the patched rows decide
+            next_ids = torch.stack([chosen, chosen], dim=1).reshape(n_rows)  # their reference rows follow
+            next_ids = torch.where(ended, end_of_text, next_ids)
+            out[:, step] = next_ids
+            n_steps = step + 1
+            ended = ended | (next_ids == end_of_text)
+            if bool(ended[patched_rows].all()):
+                break
+            step_input = next_ids[:, None]
+    ids = out[patched_rows, :n_steps].view(k, batch, n_steps).tolist()
+    return [[row[:row.index(end_of_text)] if end_of_text in row else row for row in per_clip] for per_clip in ids]
+
+
+def _text(lm: Any, ids: list[int]) -> str:
+    if lm.tokenizer is None:  # a model without a tokenizer (the tests' toy): the token ids as text
+        return " ".join(str(i) for i in ids)
+    return lm.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+class _NoOp:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def _encoder_states(lm: Any, features: torch.Tensor, plan: Mapping[str, Any] | None = None) -> torch.Tensor:
+    """The encoder output ``(batch, frames, d_model)``, under SDPA attention (patterns are not patchable anyway)."""
+    from .models import attention_backend
+
+    core = whisper_core(lm.model)
+    with attention_backend(lm, "sdpa"), patch(lm, plan or {}):
+        return core.encoder(features).last_hidden_state
+
+
+def _as_clips(lm: Any, audio_list: Sequence[Any], reference: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    from .audio import white_noise_like
+
+    clips = list(audio_list)
+    if isinstance(reference, str):
+        if reference != "white_noise":
+            raise ValueError(f"reference must be a list of clips or 'white_noise', got {reference!r}")
+        reference = [white_noise_like(c, seed=i) for i, c in enumerate(clips)]
+    reference = list(reference)
+    if len(reference) != len(clips):
+        raise ValueError(f"give one reference clip per clip: {len(clips)} clips, {len(reference)} references")
+    clean, _ = lm.features(clips)
+    ref, _ = lm.features(reference)
+    return clean, ref
+
+
+@torch.no_grad()
+def generate_sweep(lm: Any, audio_list: Sequence[Any], targets: Sequence[PatchTarget], *,
+                   reference: Any = "white_noise", max_new_tokens: int = 96, batch_rows: int = 256,
+                   encoder_rows: int = 16, method: str = "batched", progress: bool = False) -> GenerationSweep:
+    """Greedy transcripts of every clip with each target patched during generation.
+
+    ``REFERENCE`` in a target means the component's value in the **reference run**: the same model on the reference
+    clip (white noise of the same length and level by default, or one clip per clip), fed the *same decoder tokens*
+    as the patched run. The reference run is stacked beside the patched one and steps with it, so at every step the
+    patched component reads what it would compute if the audio were the reference, everything else equal.
+    Patching every layer's ``cross_attn_out`` (the only way audio enters the decoder) thus reproduces the reference
+    clip's own transcript exactly.
+
+    Targets may patch decoder points (the encoder runs once per clip and the cross-attention keys and values are
+    projected once and shared by all targets) or encoder points (each target's encoder runs on its own copy, the
+    reference encoder run stacked beside it); not both in one sweep.
+
+    Args:
+        audio_list: clips, 1-D float32 arrays at 16 kHz.
+        targets: :class:`PatchTarget` s (see :func:`component_targets`, :func:`head_targets`, :func:`combine`).
+        reference: ``"white_noise"`` or a list of clips, one per clip.
+        max_new_tokens: most tokens per transcript.
+        batch_rows: most decoder rows per forward (each target and clip takes two: patched and reference).
+        encoder_rows: most encoder rows per forward, for encoder targets (patched rows and their references).
+        method: ``"batched"`` or ``"naive"`` (one clip and one target at a time, encoder rerun, nothing shared).
+    """
+    if method not in ("batched", "naive"):
+        raise ValueError(f"method must be 'batched' or 'naive', got {method!r}")
+    clean_feats, ref_feats = _as_clips(lm, audio_list, reference)
+    batch = len(clean_feats)
+    sides = set().union(*(_target_side(lm, t) for t in targets)) if targets else set()
+    if sides == {"enc", "dec"}:
+        raise ValueError("generate_sweep patches either encoder points or decoder points in one sweep, not both; "
+                         "run two sweeps")
+    clean_states = _encoder_states(lm, clean_feats)
+    ref_states = _encoder_states(lm, ref_feats)
+    text = lambda ids: _text(lm, ids)  # noqa: E731
+    decode = lambda st: lm.text_ids(lm.decode_greedy(st, max_new_tokens=max_new_tokens))  # noqa: E731
+    reference_texts = [text(ids) for ids in decode(ref_states)]
+
+    if sides == {"enc"}:
+        baseline = decode(clean_states)
+        results = []
+        if method == "naive":
+            for target in _progress(targets, progress, "encoder patches (naive)"):
+                per_clip = []
+                for b in range(batch):  # one clip at a time, its reference stacked beside it
+                    pair = torch.cat([clean_feats[b:b + 1], ref_feats[b:b + 1]])
+                    per_clip.append(decode(_encoder_states(lm, pair, _rowwise(target, [0], [1]))[:1])[0])
+                results.append(per_clip)
+        else:
+            pairs = [(i, b) for i in range(len(targets)) for b in range(batch)]
+            per_forward = max(1, encoder_rows // 2)
+            texts_by_pair: dict[tuple[int, int], list[int]] = {}
+            chunks = [pairs[i:i + per_forward] for i in range(0, len(pairs), per_forward)]
+            for chunk in _progress(chunks, progress, "encoder patches"):
+                clips = sorted({b for _, b in chunk})  # each clip's reference row once, after the patched rows
+                ref_row = {b: len(chunk) + j for j, b in enumerate(clips)}
+                plan: dict[str, list[Intervention]] = {}
+                for row, (i, b) in enumerate(chunk):
+                    _merge(plan, _rowwise(targets[i], [row], [ref_row[b]]))
+                stacked = torch.cat([clean_feats[[b for _, b in chunk]], ref_feats[clips]])
+                ids = decode(_encoder_states(lm, stacked, plan)[:len(chunk)])
+                texts_by_pair.update(zip(chunk, ids))
+            results = [[texts_by_pair[(i, b)] for b in range(batch)] for i in range(len(targets))]
+    else:
+        share = method == "batched"
+        baseline = _lockstep_decode(lm, clean_states, ref_states, [PatchTarget("unpatched", {})],
+                                    max_new_tokens, share)[0]
+        results = []
+        if method == "naive":
+            for target in _progress(targets, progress, "decoder patches (naive)"):
+                per_clip = []
+                for b in range(batch):
+                    st = _encoder_states(lm, clean_feats[b:b + 1])  # nothing reused
+                    rs = _encoder_states(lm, ref_feats[b:b + 1])
+                    per_clip.append(_lockstep_decode(lm, st, rs, [target], max_new_tokens, False)[0][0])
+                results.append(per_clip)
+        else:
+            per_forward = max(1, batch_rows // (2 * batch))
+            chunks = [targets[i:i + per_forward] for i in range(0, len(targets), per_forward)]
+            for chunk in _progress(chunks, progress, "decoder patches"):
+                results.extend(_lockstep_decode(lm, clean_states, ref_states, chunk, max_new_tokens, True))
+    return GenerationSweep(
+        labels=[t.label for t in targets], token_ids=results,
+        texts=[[text(ids) for ids in per_clip] for per_clip in results],
+        baseline_ids=baseline, baseline_texts=[text(ids) for ids in baseline],
+        reference_texts=reference_texts, max_new_tokens=max_new_tokens)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Attribution patching: a first-order estimate of every patch from one forward and one backward pass
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class AttributionResult:
+    """``estimates[name]``: the linear estimate of the metric's change when ``name`` is replaced by the reference,
+    ``(batch, heads)`` for a per-head point, ``(batch,)`` otherwise; ``baseline``: the clean metric ``(batch,)``."""
+
+    estimates: dict[str, torch.Tensor]
+    baseline: torch.Tensor
+
+    def labels_and_values(self) -> tuple[list[str], torch.Tensor]:
+        """Labels in :func:`head_targets` / :func:`component_targets` form and the estimates ``(targets, batch)``,
+        in the same order as those functions list them, so they line up with a :class:`SweepResult`."""
+        labels, rows = [], []
+        for name, est in self.estimates.items():
+            if est.dim() == 2:
+                for h in range(est.shape[1]):
+                    labels.append(f"{name}[h{h}]")
+                    rows.append(est[:, h])
+            else:
+                labels.append(name)
+                rows.append(est)
+        return labels, torch.stack(rows)
+
+
+def attribution_patching(model: Any, input_features: torch.Tensor, decoder_input_ids: torch.Tensor,
+                         names: Sequence[str] | str, reference: Any, metric: Metric) -> AttributionResult:
+    """Attribution patching (Nanda 2023; Syed et al. 2023): estimate, for every hook point in ``names`` and every
+    head of a per-head point, how much ``metric`` would change if that activation took its ``reference`` value,
+    as ``grad(metric) . (reference - clean)`` at the clean run, summed over positions and features.
+
+    One forward and one backward pass give every estimate at once; exact patching (:func:`run_sweep`) needs one
+    forward per target. The estimate is exact for a metric linear in the activation and degrades as the patch
+    moves the model far from the clean run: compare with :func:`run_sweep` before trusting it.
+
+    Args:
+        input_features: ``(batch, n_mels, 3000)``; decoder_input_ids: ``(batch, tokens)`` (teacher forcing).
+        names: hook points (patterns allowed), e.g. ``"dec.*.cross_head_out"``.
+        reference: an :class:`~asrinterp_utils.cache.ActivationCache` of the reference run holding ``names``,
+            laid out like the clean run (same tokens; e.g. the white-noise run teacher-forced on the same ids).
+        metric: ``metric(logits, ids) -> (batch,)``.
+    """
+    hf = hf_model(model)
+    points = resolve_hook_points(model, names)
+    captured: dict[str, torch.Tensor] = {}
+
+    def capture(name):
+        def fn(act, ctx):
+            captured[name] = act
+            return act
+        return fn
+
+    from .hooks import apply
+    device = next(hf.parameters()).device
+    feats = input_features.to(device=device, dtype=next(hf.parameters()).dtype)
+    ids = decoder_input_ids.to(device)
+    with torch.enable_grad(), patch(model, {p.name: apply(capture(p.name)) for p in points}):
+        value = metric(hf(feats, decoder_input_ids=ids).logits, ids)
+        grads = torch.autograd.grad(value.sum(), [captured[p.name] for p in points])
+    estimates = {}
+    for p, grad in zip(points, grads):
+        delta = (reference[p.name].to(grad.device, grad.dtype) - captured[p.name].detach())
+        contribution = (grad * delta).float()
+        if p.is_heads:  # (batch, positions, heads, d_head) -> (batch, heads)
+            estimates[p.name] = contribution.sum(dim=(1, 3)).cpu()
+        else:  # (batch, positions, d) -> (batch,)
+            estimates[p.name] = contribution.flatten(1).sum(dim=1).cpu()
+    return AttributionResult(estimates, value.detach().cpu())

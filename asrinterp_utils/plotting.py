@@ -137,3 +137,29 @@ def figure_to_png(fig, dpi: int = 80) -> bytes:
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
+
+
+def patch_heatmap(values, *, row_label: str = "layer", col_label: str = "component", value_label: str,
+                  ax=None, title: str | None = None, center: float | None = 0.0, fmt: str = ".2f",
+                  annotate: bool = True, cmap: str | None = None):
+    """A patching result as a heatmap: ``values`` is a DataFrame indexed by layer (rows) with one column per
+    component or head; each cell is the metric (or its change) with that target patched. Diverging colours around
+    ``center`` (0: no change) unless ``center`` is None. Returns the Axes."""
+    import pandas as pd
+
+    frame = values if isinstance(values, pd.DataFrame) else pd.DataFrame(np.asarray(values))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.2 + 0.75 * frame.shape[1], 0.9 + 0.42 * frame.shape[0]))
+    data = frame.to_numpy(dtype=float)
+    kwargs = dict(cmap=cmap or ("RdBu_r" if center is not None else "viridis"))
+    if center is not None:
+        span = float(np.nanmax(np.abs(data - center))) if np.isfinite(data).any() else 1.0
+        kwargs.update(vmin=center - (span or 1.0), vmax=center + (span or 1.0), center=center)
+    sns.heatmap(frame, ax=ax, annot=annotate and frame.size <= 120, fmt=fmt, annot_kws={"fontsize": 8},
+                cbar_kws={"label": value_label}, linewidths=0.4, linecolor="white", **kwargs)
+    ax.set_xlabel(col_label)
+    ax.set_ylabel(row_label)
+    ax.tick_params(axis="y", rotation=0)
+    if title:
+        ax.set_title(title)
+    return ax

@@ -92,12 +92,17 @@ def test_speaker_split_is_disjoint_and_stratified():
 
 
 def test_named_specs_are_well_formed():
-    assert set(bank.SPECS) == {"transcribed", "gender", "accent", "noise", "semantic"}
-    assert len({s.key() for s in bank.SPECS.values()}) == 5
+    assert set(bank.SPECS) == {"transcribed", "gender", "accent", "noise", "semantic", "context_bias"}
+    assert len({s.key() for s in bank.SPECS.values()}) == 6
     recipe = bank.recipes(bank.SPECS["semantic"], fast=True)
     assert recipe.category.nunique() >= 5 and recipe.clip_id.is_unique
     accent = bank.recipes(bank.SPECS["accent"], fast=True)
     assert accent.accent.nunique() >= 4 and set(accent.engine) == {"espeak-ng"}
+    bias = bank.recipes(bank.SPECS["context_bias"], fast=True)
+    assert len(bias) > 0 and bias.clip_id.is_unique
+    for row in bias.itertuples():  # the spoken word is said; the expected one is only the context's guess
+        assert row.spoken_word in row.text and row.expected_word not in row.text.split()
+        assert row.expected_text.replace(row.expected_word, row.spoken_word) == row.text
 
 
 def test_truncated_clips_keep_the_first_part_and_the_reference(tmp_path):

@@ -66,3 +66,63 @@ def test_sweep_result_table(toy, toy_inputs):
     with pytest.raises(ValueError, match="rows are set by the sweep"):
         patching.run_sweep(toy, feats, ids, [patching.PatchTarget("x", {"dec.0.mlp_out": hooks.zero(rows=[0])})],
                            patching.token_logprob(start=2))
+
+
+def test_attribution_is_exact_for_a_metric_linear_in_the_activation(toy, toy_inputs, source):
+    """Logits are linear in dec.final (after the last LayerNorm), so grad . (reference - clean) equals the exact
+    change of a logit difference; on attention heads the estimate is only first-order, but tracks the exact one."""
+    feats, _, ids = toy_inputs
+    metric = patching.logit_diff(position=4, good=5, bad=6)
+    attr = patching.attribution_patching(toy, feats, ids, "dec.final", source, metric)
+    exact = patching.run_sweep(toy, feats, ids, patching.component_targets(toy, "dec.final", source=source), metric)
+    assert torch.allclose(attr.baseline, exact.baseline, atol=1e-5)
+    assert torch.allclose(attr.estimates["dec.final"], exact.values[0] - exact.baseline, atol=1e-4)
+
+    attr = patching.attribution_patching(toy, feats, ids, "dec.*.cross_head_out", source, metric)
+    labels, estimates = attr.labels_and_values()
+    targets = patching.head_targets(toy, "cross_head_out", source=source)
+    exact = patching.run_sweep(toy, feats, ids, targets, metric)
+    assert labels == exact.labels and estimates.shape == exact.values.shape
+    deltas = (exact.values - exact.baseline).flatten()
+    r = torch.corrcoef(torch.stack([estimates.flatten(), deltas]))[0, 1]
+    assert r > 0.5, r
+    assert hooks.active_hook_count(toy) == 0
+
+
+def test_logit_diff_per_clip_matches_one_clip_at_a_time():
+    logits = torch.randn(6, 5, 9)  # 3 targets x 2 clips stacked
+    metric = patching.logit_diff(position=[1, 3], good=[4, 5], bad=[0, 2])
+    values = metric(logits, None)
+    for row in range(6):
+        clip = row % 2
+        single = patching.logit_diff([1, 3][clip], [4, 5][clip], [0, 2][clip])(logits[row:row + 1], None)
+        assert torch.equal(values[row:row + 1], single)
+    assert patching.logit_diff(2, 4, 0)(logits, None).shape == (6,)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_encoder_only_sweep_reuses_the_prefix_and_equals_naive(batch_size):
+    """Encoder-only targets run from their first patched layer on; the numbers equal one full forward each,
+    for targets at layer 0 (nothing to reuse), deeper layers, several layers at once and enc.final. (The toy
+    LoadedModel, whose audio steers the decoder.)"""
+    from ._toy_lm import toy_clips, toy_loaded_model
+
+    lm = toy_loaded_model()
+    feats, _ = lm.features(toy_clips(2))
+    other, _ = lm.features(toy_clips(2, seed=5))
+    ids = torch.tensor([[1, 3, 4, 5, 6, 7], [1, 3, 6, 5, 4, 0]])
+    with torch.no_grad(), cache_activations(lm, "enc.*") as source:
+        lm.model.model.encoder(other)
+    targets = (patching.component_targets(lm, "enc.*.mlp_out", source=source)
+               + patching.head_targets(lm, "head_out", source=source, layers=[1])
+               + patching.component_targets(lm, ["enc.0.resid_pre", "enc.final"], source=source)
+               + [patching.PatchTarget("two layers", {"enc.1.attn_out": hooks.zero(),
+                                                      "enc.0.mlp_out": hooks.scale(0.5)})])
+    metric = patching.token_logprob(start=2)
+    fast = patching.run_sweep(lm, feats, ids, targets, metric, batch_size=batch_size)
+    slow = patching.run_sweep(lm, feats, ids, targets, metric, method="naive")
+    assert fast.labels == slow.labels
+    assert torch.allclose(fast.values, slow.values, atol=1e-4)
+    assert torch.allclose(fast.baseline, slow.baseline, atol=1e-5)
+    assert (fast.values - fast.baseline).abs().max() > 1e-2  # the patches do something
+    assert hooks.active_hook_count(lm) == 0

@@ -82,3 +82,16 @@ def test_real_batched_sweep_equals_naive(tiny, speech):
     slow = patching.run_sweep(tiny, feats, ids, targets, metric, method="naive")
     assert torch.allclose(fast.values, slow.values, atol=1e-4)
     assert (fast.values < fast.baseline).any()  # some head matters
+
+
+def test_real_patched_generation_known_answers(tiny, speech):
+    """On tiny.en and real speech: nothing patched = the model's own greedy transcript; all of cross-attention from
+    the white-noise run = the transcript of the noise itself; batched = one target and clip at a time."""
+    waves, _ = speech
+    targets = [patching.PatchTarget("all cross", {"dec.*.cross_attn_out": hooks.replace(patching.REFERENCE)}),
+               *patching.head_targets(tiny, "cross_head_out", source=patching.REFERENCE, layers=[3])[:2]]
+    fast = patching.generate_sweep(tiny, waves, targets, max_new_tokens=40)
+    assert fast.baseline_texts == tiny.transcribe(waves, max_new_tokens=40)
+    assert fast.texts[0] == fast.reference_texts and fast.texts[0] != fast.baseline_texts
+    slow = patching.generate_sweep(tiny, waves, targets[1:], max_new_tokens=40, method="naive")
+    assert slow.token_ids == fast.token_ids[1:]

@@ -12,6 +12,8 @@ Each named dataset is one call that returns a pandas DataFrame, one row per clip
 ``accent``      espeak-ng's eight English accents x voice variants; label ``accent``
 ``noise``       clean speech and the same speech mixed with noise at several SNRs; labels ``noisy``, ``snr_db``
 ``semantic``    carrier sentences that differ only in a category word; label ``category``
+``context_bias`` sentences whose context predicts one word while a similar-sounding one is spoken; label
+                ``spoken_word`` (also ``expected_word``, ``expected_text``, ``item_id``)
 =============  =================================================================================================
 
 How it is built. A :class:`BankSpec` fixes everything that decides the audio (voices, texts, seeds, noise, SNRs).
@@ -91,6 +93,8 @@ SPECS: dict[str, BankSpec] = {
                       fast_max_voices=2),
     "semantic": BankSpec("semantic", label="category", texts="semantic", n_texts=48,
                          engines=("flite", "festival"), fast_n_texts=10, fast_max_voices=2),
+    "context_bias": BankSpec("context_bias", label="spoken_word", texts="context_bias", n_texts=20,
+                             engines=("flite", "festival"), fast_n_texts=4, fast_max_voices=2),
 }
 
 
@@ -146,6 +150,10 @@ def _texts(spec: BankSpec, n: int) -> pd.DataFrame:
         per_category = max(1, n // items.category.nunique())
         items = items.groupby("category").sample(n=per_category, random_state=spec.seed)
         return items.sort_values(["category", "carrier_id", "word"]).reset_index(drop=True)
+    if spec.texts == "context_bias":
+        items = texts.context_bias_items().head(n)
+        return items.assign(text=items.spoken_text)[["text", "item_id", "expected_word", "spoken_word",
+                                                      "expected_text"]]
     raise ValueError(f"unknown text set {spec.texts!r}")
 
 
@@ -162,7 +170,8 @@ def recipes(spec: BankSpec, fast: bool | None = None) -> pd.DataFrame:
                     "gender": voice.gender, "accent": voice.accent, "source": "tts",
                     "licence": voice.licence or "synthesised", "text_id": i,
                     "seed": spec.seed + i}
-            for extra in ("word", "category", "carrier_id"):
+            for extra in ("word", "category", "carrier_id", "item_id", "expected_word", "spoken_word",
+                          "expected_text"):
                 if hasattr(t, extra):
                     base[extra] = getattr(t, extra)
             rows += _with_noise(base, spec)

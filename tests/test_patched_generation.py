@@ -1,0 +1,97 @@
+"""Patched generation with a reference run stepping beside the patched one (patching.generate_sweep), on the toy
+LoadedModel: known answers (nothing patched = plain greedy decoding; all of cross-attention from the reference =
+the reference's own transcript; a reference equal to the clip changes nothing) and batched = naive."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from asrinterp_utils import hooks, patching
+
+from ._toy_lm import toy_clips, toy_loaded_model
+
+MAX_NEW = 12
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return toy_loaded_model()
+
+
+@pytest.fixture(scope="module")
+def clips():
+    return toy_clips(3)
+
+
+def _greedy(lm, clips):
+    feats, _ = lm.features(clips)
+    with torch.no_grad():
+        states = patching._encoder_states(lm, feats)
+    return lm.text_ids(lm.decode_greedy(states, max_new_tokens=MAX_NEW))
+
+
+def test_unpatched_equals_greedy_and_all_cross_attention_gives_the_reference(lm, clips):
+    others = toy_clips(3, seed=7)
+    targets = [patching.PatchTarget("nothing", {}),
+               patching.PatchTarget("all cross", {"dec.*.cross_attn_out": hooks.replace(patching.REFERENCE)})]
+    result = patching.generate_sweep(lm, clips, targets, reference=others, max_new_tokens=MAX_NEW)
+    clean, reference = _greedy(lm, clips), _greedy(lm, others)
+    assert clean != reference  # the test can fail
+    assert result.baseline_ids == clean
+    assert result.token_ids[0] == clean
+    assert result.token_ids[1] == reference
+    assert [r for r in result.reference_texts] == [" ".join(map(str, ids)) for ids in reference]
+    assert hooks.active_hook_count(lm) == 0 and lm.model.config._attn_implementation == "eager"
+
+
+def test_a_reference_equal_to_the_clip_changes_nothing(lm, clips):
+    targets = patching.component_targets(lm, "dec.*.*_attn_out", source=patching.REFERENCE)
+    result = patching.generate_sweep(lm, clips, targets, reference=clips, max_new_tokens=MAX_NEW)
+    assert all(ids == result.baseline_ids for ids in result.token_ids)
+
+
+def test_batched_equals_naive_for_heads_and_combinations(lm, clips):
+    heads = patching.head_targets(lm, "cross_head_out", source=patching.REFERENCE)
+    components = patching.component_targets(lm, "dec.*.mlp_out", source=patching.REFERENCE)
+    targets = heads + components + [patching.combine(heads[0], components[1])]
+    fast = patching.generate_sweep(lm, clips, targets, max_new_tokens=MAX_NEW, batch_rows=8)
+    slow = patching.generate_sweep(lm, clips, targets, max_new_tokens=MAX_NEW, method="naive")
+    assert fast.token_ids == slow.token_ids and fast.baseline_ids == slow.baseline_ids
+    assert any(ids != fast.baseline_ids for ids in fast.token_ids)  # some patch changes a transcript
+    table = fast.to_frame()
+    assert len(table) == len(targets) * len(clips)
+    assert set(table.columns) >= {"target", "clip", "text", "loop", "baseline_loop", "hit_limit"}
+
+
+def test_encoder_targets_batched_equals_naive_and_final_gives_the_reference(lm, clips):
+    targets = patching.component_targets(lm, "enc.*.mlp_out", source=patching.REFERENCE)
+    targets.append(patching.PatchTarget("enc.final", {"enc.final": hooks.replace(patching.REFERENCE)}))
+    fast = patching.generate_sweep(lm, clips, targets, max_new_tokens=MAX_NEW, encoder_rows=4)
+    slow = patching.generate_sweep(lm, clips, targets, max_new_tokens=MAX_NEW, method="naive")
+    assert fast.token_ids == slow.token_ids
+    assert fast.texts[-1] == fast.reference_texts  # the decoder hears only the reference
+
+
+def test_mixed_sides_and_bad_sources_are_refused(lm, clips):
+    mixed = patching.PatchTarget("both", {"enc.0.mlp_out": hooks.replace(patching.REFERENCE),
+                                          "dec.0.mlp_out": hooks.replace(patching.REFERENCE)})
+    with pytest.raises(ValueError, match="not both"):
+        patching.generate_sweep(lm, clips, [mixed], max_new_tokens=MAX_NEW)
+    with pytest.raises(ValueError, match="one reference clip per clip"):
+        patching.generate_sweep(lm, clips, [], reference=clips[:1], max_new_tokens=MAX_NEW)
+    with pytest.raises(ValueError, match="REFERENCE is a source for replace"):
+        patching.generate_sweep(lm, clips, [patching.PatchTarget("x", {"dec.0.mlp_out": hooks.add(
+            patching.REFERENCE)})], max_new_tokens=MAX_NEW)
+
+
+def test_from_rows_copies_other_rows_and_checks_counts(lm):
+    feats, _ = lm.features(toy_clips(2))
+    core = lm.model.model
+    with torch.no_grad():
+        plain = core.encoder(feats).last_hidden_state
+        with hooks.patch(lm, {"enc.final": hooks.from_rows([1], rows=[0])}):
+            copied = core.encoder(feats).last_hidden_state
+        assert torch.equal(copied[0], plain[1]) and torch.equal(copied[1], plain[1])
+        with pytest.raises(ValueError, match="one source row per patched row"):
+            with hooks.patch(lm, {"enc.final": hooks.from_rows([1, 0], rows=[0])}):
+                core.encoder(feats)
