@@ -76,6 +76,19 @@ def token_logprob(start: int) -> Metric:
     return metric
 
 
+def kl_from(base_logits: torch.Tensor, start: int) -> Metric:
+    """KL divergence ``KL(base || patched)`` of the next-token distributions, averaged over the positions that
+    predict ``ids[:, start:]``; ``base_logits (batch, tokens, vocab)`` is the unpatched run's (rows of a stacked
+    sweep repeat the clips in order). 0 when a patch changes nothing; larger is a bigger change."""
+    base = torch.log_softmax(base_logits[:, start - 1:-1].float(), dim=-1)
+
+    def metric(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        patched = torch.log_softmax(logits[:, start - 1:-1].float(), dim=-1)
+        ref = base.to(patched.device).repeat(patched.shape[0] // base.shape[0], 1, 1)
+        return (ref.exp() * (ref - patched)).sum(-1).mean(dim=1)
+    return metric
+
+
 def logit_diff(position: int | Sequence[int], good: int | Sequence[int], bad: int | Sequence[int]) -> Metric:
     """``logit[good] - logit[bad]`` at a decoder position: the logits *at* ``position`` predict the token at
     ``position + 1``. Each argument is one value for every row, or a sequence with one value per clip (rows of a

@@ -126,3 +126,15 @@ def test_encoder_only_sweep_reuses_the_prefix_and_equals_naive(batch_size):
     assert torch.allclose(fast.baseline, slow.baseline, atol=1e-5)
     assert (fast.values - fast.baseline).abs().max() > 1e-2  # the patches do something
     assert hooks.active_hook_count(lm) == 0
+
+
+def test_kl_metric_is_zero_for_no_change_and_positive_for_a_patch(toy, toy_inputs, source):
+    feats, _, ids = toy_inputs
+    with torch.no_grad():
+        base_logits = toy(feats, decoder_input_ids=ids).logits
+    metric = patching.kl_from(base_logits, start=2)
+    targets = patching.component_targets(toy, "dec.*.mlp_out") + [patching.PatchTarget("none", {})]  # zero-ablate
+    result = patching.run_sweep(toy, feats, ids, targets, metric, batch_size=2)
+    assert torch.allclose(result.baseline, torch.zeros(2), atol=1e-5)
+    assert torch.allclose(result.values[-1], torch.zeros(2), atol=1e-5)
+    assert (result.values[:-1] > 1e-6).all()  # KL >= 0, and strictly positive for a change
