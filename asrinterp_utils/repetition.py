@@ -178,18 +178,20 @@ def loop_resolution(sweep: Any, references: Sequence[str] | None = None) -> pd.D
 
     One row per target: ``resolved`` (fraction of clips whose patched transcript is no longer a loop and ends
     before the token limit), ``still_looping``, ``empty`` (fraction whose patched transcript is empty: a loop
-    "resolved" by silence), ``changed`` (fraction whose transcript changed at all) and, with ``references``, the
+    "resolved" by silence), ``stub`` (two words or fewer, e.g. "the" or "you": resolved by next to silence),
+    ``changed`` (fraction whose transcript changed at all) and, with ``references``, the
     mean WER of the patched transcripts (``wer``) beside the unpatched (``baseline_wer``). Sorted by ``resolved``.
     """
     frame = sweep.to_frame()
     frame["resolved"] = ~frame.loop & ~frame.hit_limit
     frame["still_looping"] = frame.loop | frame.hit_limit
     frame["empty"] = frame["text"].str.strip() == ""
+    frame["stub"] = frame["text"].map(lambda t: len(normalize_text(t).split()) <= 2)
     frame["changed"] = frame["text"] != frame["baseline_text"]
     if references is not None:
         refs = list(references)
         frame["wer"] = [word_error_rate(refs[c], t) for c, t in zip(frame["clip"], frame["text"])]
         frame["baseline_wer"] = [word_error_rate(refs[c], t) for c, t in zip(frame["clip"], frame["baseline_text"])]
-    columns = ["resolved", "still_looping", "empty", "changed"] + (["wer", "baseline_wer"] if references is not None else [])
+    columns = ["resolved", "still_looping", "empty", "stub", "changed"] + (["wer", "baseline_wer"] if references is not None else [])
     table = frame.groupby("target", sort=False)[columns].mean().reset_index()
     return table.sort_values("resolved", ascending=False, kind="stable").reset_index(drop=True)
