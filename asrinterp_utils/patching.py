@@ -19,6 +19,7 @@ Targets that patch encoder points still run batched (``K`` targets per forward),
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -454,7 +455,7 @@ def _lockstep_decode(lm: Any, clean_states: torch.Tensor, ref_states: torch.Tens
             cache.is_updated[i] = True
         attention = _SharedKVAttention(core)
     else:
-        cache, attention = None, _NoOp()
+        cache, attention = None, nullcontext()
         states = states.repeat(k, 1, 1)
     patched_rows = torch.tensor([i * 2 * batch + b for i in range(k) for b in range(batch)], device=lm.device)
     n_steps = 0
@@ -487,14 +488,6 @@ def _text(lm: Any, ids: list[int]) -> str:
     if lm.tokenizer is None:  # a model without a tokenizer (the tests' toy): the token ids as text
         return " ".join(str(i) for i in ids)
     return lm.tokenizer.decode(ids, skip_special_tokens=True).strip()
-
-
-class _NoOp:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc) -> None:
-        return None
 
 
 def _encoder_states(lm: Any, features: torch.Tensor, plan: Mapping[str, Any] | None = None) -> torch.Tensor:
