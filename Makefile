@@ -33,7 +33,7 @@ STAMP_NPM := node_modules/.stamp-npm
 STAMP_VENDOR := book/_vendor/.stamp-vendor
 STAMP_APT_OPTIONAL := .stamp-apt-optional-failed
 
-.PHONY: help setup system-deps test book book-fast check-book screenshots clean distclean
+.PHONY: help setup system-deps test book book-fast check-book screenshots notebooks student clean distclean
 
 help:
 	@echo "make test         run the tests and every chapter in fast mode (ASRINTERP_FAST=1)"
@@ -41,6 +41,8 @@ help:
 	@echo "make book-fast    build the book in fast mode into $(FAST_OUT)/_build/html/ (its own cache)"
 	@echo "make check-book   check the built pages: nothing loaded from other sites, widgets render offline"
 	@echo "make screenshots  headless-Chromium screenshots of the built pages into _build/screenshots/"
+	@echo "make notebooks    regenerate chapters/*.ipynb (the Colab copies of chapters/*.md) after editing a chapter"
+	@echo "make student      student versions of the chapters (solutions removed) into student/"
 	@echo "make setup        system packages, .venv, JavaScript (run by test and book)"
 	@echo "make clean        remove _build/ and book/_vendor/;  make distclean also removes .venv and node_modules"
 
@@ -134,8 +136,16 @@ check-book:
 screenshots:
 	scripts/screenshot.sh
 
+# chapters/*.ipynb are generated from chapters/*.md (Colab opens only .ipynb); tests/test_notebooks.py fails when
+# they are out of date.
+notebooks: $(STAMP_PIP)
+	$(PY) scripts/notebooks.py colab
+
+student: $(STAMP_PIP)
+	$(PY) scripts/notebooks.py student --out student
+
 clean:
-	rm -rf _build book/_vendor book/_vendor.tmp book/_vendor.old
+	rm -rf _build book/_vendor book/_vendor.tmp book/_vendor.old student
 
 distclean: clean
 	rm -rf $(VENV) node_modules *.egg-info .pytest_cache $(STAMP_APT_OPTIONAL)

@@ -17,6 +17,8 @@ The package behind the executable book "Beyond Transcription, executed". One mod
 ``attention``   reading attention patterns (alignment heads)
 ``data``        the speech bank (real recordings, TTS voices, noise; truncated and non-speech inputs)
 ``plotting``    one figure style; ``widgets``: explorers that work in the static book
+``reports``     the generated back matter: the reproduction report and the performance page
+``exercises``   self-checks for the chapters' exercises
 ==============  =====================================================================================
 """
 from .audio import AudioError, load_audio, make_batch

@@ -22,12 +22,12 @@ import numpy as np
 SAMPLE_RATE = 16_000
 """Whisper's sample rate (Hz)."""
 MAX_SECONDS = 30.0
-"""Whisper's window: longer audio must be split (see :func:`chunk_audio`)."""
+"""Whisper's window in seconds; longer audio must be split (see :func:`chunk_audio`)."""
 MAX_SAMPLES = int(SAMPLE_RATE * MAX_SECONDS)
 HOP_LENGTH = 160
 """Samples per log-mel frame (10 ms)."""
 SAMPLES_PER_ENCODER_FRAME = 2 * HOP_LENGTH
-"""Samples per encoder frame (20 ms): the encoder's second convolution has stride 2."""
+"""Samples per encoder frame (20 ms), since the encoder's second convolution has stride 2."""
 N_ENCODER_FRAMES = MAX_SAMPLES // SAMPLES_PER_ENCODER_FRAME  # 1500
 
 AudioLike = Union[str, Path, np.ndarray]

@@ -159,14 +159,15 @@ def encoder_lens(lm: Any, audio_list: Sequence[np.ndarray], references: Sequence
     """Transcribe every clip from every encoder layer's output.
 
     The encoder runs once per batch of clips with every layer's output cached; the decoder then decodes all
-    ``clips x layers`` states of the batch together, greedily (:meth:`~asrinterp_utils.models.LoadedModel.
-    decode_greedy`: the same tokens whatever the batch size, timestamp tokens suppressed).
+    ``clips x layers`` states of the batch together, greedily
+    (:meth:`~asrinterp_utils.models.LoadedModel.decode_greedy`: the same tokens whatever the batch size, timestamp
+    tokens suppressed).
 
     Args:
         lm: a :class:`~asrinterp_utils.models.LoadedModel`.
         audio_list: clips, 16 kHz mono float32.
-        references: the clips' reference texts; adds ``wer``, ``kind`` (:func:`~asrinterp_utils.metrics.
-            transcript_kind`) and ``repetitive`` columns.
+        references: the clips' reference texts; adds ``wer``, ``kind``
+            (:func:`~asrinterp_utils.metrics.transcript_kind`) and ``repetitive`` columns.
         layers: encoder layers to read (default all; the last one reproduces the normal transcript).
         apply_final_norm: pass the layer's output through the final encoder LayerNorm first (default True).
         max_new_tokens: cap per transcript (intermediate layers can loop).

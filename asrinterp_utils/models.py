@@ -11,7 +11,7 @@ name          packages                                               model
 ============  =====================================================  ===========================================
 
 On first use :func:`load_model` checks the sha256 of ``model.bin``, converts it to a transformers
-``WhisperForConditionalGeneration`` (see :mod:`asrinterp_utils._ct2`) and caches the result as a folder that
+``WhisperForConditionalGeneration`` (see the private module ``_ct2``) and caches the result as a folder that
 ``from_pretrained`` could read (``model.safetensors`` in the source's float16, ``config.json``, tokenizer and
 feature-extractor files) under ``cache_dir("models", name)``, with a manifest of sha256 hashes checked on every
 load. A missing, partial or corrupted cache is rebuilt.

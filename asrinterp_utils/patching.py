@@ -20,7 +20,7 @@ Targets that patch encoder points still run batched (``K`` targets per forward),
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -353,7 +353,7 @@ class _Reference:
 
 
 REFERENCE = _Reference()
-"""Patch source meaning "this component's value in the reference run": ``replace(REFERENCE)``, or
+"""Patch source meaning "this component's value in the reference run", as in ``replace(REFERENCE)``, or
 ``component_targets(lm, "dec.*.cross_attn_out", source=REFERENCE)``, ``head_targets(..., source=REFERENCE)``."""
 
 
@@ -499,7 +499,36 @@ def _encoder_states(lm: Any, features: torch.Tensor, plan: Mapping[str, Any] | N
         return core.encoder(features).last_hidden_state
 
 
-def _as_clips(lm: Any, audio_list: Sequence[Any], reference: Any) -> tuple[torch.Tensor, torch.Tensor]:
+@dataclass
+class EncodedClips:
+    """Clips and their reference clips, encoded once, for several :func:`generate_sweep` calls on the same clips.
+
+    ``clean_features``/``reference_features``: log-mel ``(batch, mels, 3000)``; ``clean_states``/
+    ``reference_states``: encoder outputs ``(batch, frames, d_model)``. The unpatched transcripts that every sweep
+    reports are computed on first use and kept here too. Build with :func:`encode_clips`.
+    """
+
+    clean_features: torch.Tensor
+    reference_features: torch.Tensor
+    clean_states: torch.Tensor
+    reference_states: torch.Tensor
+    model_id: int
+    _decoded: dict = field(default_factory=dict, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.clean_features)
+
+    def decoded(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per ``key`` (the sweeps' unpatched and reference transcripts)."""
+        if key not in self._decoded:
+            self._decoded[key] = compute()
+        return self._decoded[key]
+
+
+@torch.no_grad()
+def encode_clips(lm: Any, audio_list: Sequence[Any], reference: Any = "white_noise") -> EncodedClips:
+    """Encode clips (1-D float32 arrays at 16 kHz) and their references (``"white_noise"``: noise of each clip's
+    length and level; or one clip per clip) once, for several :func:`generate_sweep` calls."""
     from .audio import white_noise_like
 
     clips = list(audio_list)
@@ -512,7 +541,7 @@ def _as_clips(lm: Any, audio_list: Sequence[Any], reference: Any) -> tuple[torch
         raise ValueError(f"give one reference clip per clip: {len(clips)} clips, {len(reference)} references")
     clean, _ = lm.features(clips)
     ref, _ = lm.features(reference)
-    return clean, ref
+    return EncodedClips(clean, ref, _encoder_states(lm, clean), _encoder_states(lm, ref), id(lm.model))
 
 
 @torch.no_grad()
@@ -533,7 +562,8 @@ def generate_sweep(lm: Any, audio_list: Sequence[Any], targets: Sequence[PatchTa
     reference encoder run stacked beside it); not both in one sweep.
 
     Args:
-        audio_list: clips, 1-D float32 arrays at 16 kHz.
+        audio_list: clips, 1-D float32 arrays at 16 kHz; or :class:`EncodedClips` from :func:`encode_clips`, to
+            reuse the encoder outputs (and the unpatched transcripts) across several sweeps on the same clips.
         targets: :class:`PatchTarget` s (see :func:`component_targets`, :func:`head_targets`, :func:`combine`).
         reference: ``"white_noise"`` or a list of clips, one per clip.
         max_new_tokens: most tokens per transcript.
@@ -543,20 +573,28 @@ def generate_sweep(lm: Any, audio_list: Sequence[Any], targets: Sequence[PatchTa
     """
     if method not in ("batched", "naive"):
         raise ValueError(f"method must be 'batched' or 'naive', got {method!r}")
-    clean_feats, ref_feats = _as_clips(lm, audio_list, reference)
-    batch = len(clean_feats)
     sides = set().union(*(_target_side(lm, t) for t in targets)) if targets else set()
     if sides == {"enc", "dec"}:
         raise ValueError("generate_sweep patches either encoder points or decoder points in one sweep, not both; "
                          "run two sweeps")
-    clean_states = _encoder_states(lm, clean_feats)
-    ref_states = _encoder_states(lm, ref_feats)
+    if isinstance(audio_list, EncodedClips):
+        if audio_list.model_id != id(lm.model):
+            raise ValueError("these EncodedClips were encoded by another model: call encode_clips with this one")
+        if not (isinstance(reference, str) and reference == "white_noise"):
+            raise ValueError("the reference of EncodedClips is fixed by encode_clips; leave reference out here")
+        encoded = audio_list
+    else:
+        encoded = encode_clips(lm, audio_list, reference)
+    clean_feats, ref_feats = encoded.clean_features, encoded.reference_features
+    clean_states, ref_states = encoded.clean_states, encoded.reference_states
+    batch = len(clean_feats)
     text = lambda ids: _text(lm, ids)  # noqa: E731
     decode = lambda st: lm.text_ids(lm.decode_greedy(st, max_new_tokens=max_new_tokens))  # noqa: E731
-    reference_texts = [text(ids) for ids in decode(ref_states)]
+    reference_texts = encoded.decoded(("reference", max_new_tokens),
+                                      lambda: [text(ids) for ids in decode(ref_states)])
 
     if sides == {"enc"}:
-        baseline = decode(clean_states)
+        baseline = encoded.decoded(("baseline", "enc", max_new_tokens), lambda: decode(clean_states))
         results = []
         if method == "naive":
             for target in _progress(targets, progress, "encoder patches (naive)"):
@@ -582,8 +620,8 @@ def generate_sweep(lm: Any, audio_list: Sequence[Any], targets: Sequence[PatchTa
             results = [[texts_by_pair[(i, b)] for b in range(batch)] for i in range(len(targets))]
     else:
         share = method == "batched"
-        baseline = _lockstep_decode(lm, clean_states, ref_states, [PatchTarget("unpatched", {})],
-                                    max_new_tokens, share)[0]
+        baseline = encoded.decoded(("baseline", "dec", max_new_tokens, share), lambda: _lockstep_decode(
+            lm, clean_states, ref_states, [PatchTarget("unpatched", {})], max_new_tokens, share)[0])
         results = []
         if method == "naive":
             for target in _progress(targets, progress, "decoder patches (naive)"):

@@ -67,7 +67,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 DEFAULT_CS = (0.01, 0.1, 1, 10)
-"""The regularisation strengths searched in each training fold (ties go to the first, so keep them ascending: the
+"""The regularisation strengths searched in each training fold (ties go to the first, so keep them ascending and the
 strongest regularisation wins a tie)."""
 
 MAX_ITER = 10_000
@@ -604,10 +604,12 @@ def probe_sources(sources: dict, labels: Any, groups: Any, *, shuffled_control: 
     Args:
         sources: ``{name: features (n_samples, n_layers, d)}``, e.g. ``{"tiny.en": ..., "tiny.en (random init)":
             ..., "log-mel": (n, 1, n_mels)}``. Widths and layer counts may differ; the samples must be the same.
-        labels, groups: as for :func:`probe_layers`.
+        labels: as for :func:`probe_layers`.
+        groups: as for :func:`probe_layers`.
         shuffled_control: also run :func:`shuffled_label_control` on each source (same splits) and report
             ``control_accuracy`` and ``selectivity``.
-        The other arguments are those of :func:`probe_layers`.
+
+    The other arguments are those of :func:`probe_layers`.
 
     Returns:
         A :class:`ProbeSweep`; ``sweep.table`` is long (one row per source and layer), ready for a plot.

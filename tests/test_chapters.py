@@ -1,6 +1,7 @@
 """Execute every chapter of the book in fast mode, the way the book build runs it.
 
-Each chapter in ``chapters/`` (MyST Markdown with a jupytext header, or ``.ipynb``) is read with jupytext and run
+Each chapter in ``chapters/`` (MyST Markdown with a jupytext header, or ``.ipynb``), then each page of
+``reports/``, is read with jupytext and run
 top to bottom with nbclient in a ``python3`` kernel, with ``ASRINTERP_FAST=1`` in the environment and the
 chapter's folder as the working directory. A ``.ipynb`` paired with a ``.md`` of the same name runs once, as the
 ``.md``. The executed notebook is written to ``_build/chapter-tests/`` (also when a cell fails) for inspection.
@@ -27,11 +28,15 @@ KERNEL = "python3"
 CELL_TIMEOUT_S = 600
 
 
+REPORT_DIR = ROOT / "reports"
+
+
 def chapter_files() -> list[Path]:
+    """The chapters, then the generated report pages (which read what the chapters saved, so they run last)."""
     md = sorted(CHAPTER_DIR.glob("*.md"))
     stems = {p.stem for p in md}
     ipynb = sorted(p for p in CHAPTER_DIR.glob("*.ipynb") if p.stem not in stems)
-    return sorted(md + ipynb)
+    return sorted(md + ipynb) + sorted(REPORT_DIR.glob("*.md"))
 
 
 @pytest.fixture

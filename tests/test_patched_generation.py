@@ -95,3 +95,24 @@ def test_from_rows_copies_other_rows_and_checks_counts(lm):
         with pytest.raises(ValueError, match="one source row per patched row"):
             with hooks.patch(lm, {"enc.final": hooks.from_rows([1, 0], rows=[0])}):
                 core.encoder(feats)
+
+
+def test_encoded_clips_are_reused_across_sweeps_with_the_same_results(lm, clips):
+    """encode_clips once, then several sweeps (decoder and encoder targets): the same transcripts as sweeps that
+    encode the audio themselves; the unpatched transcripts are computed once and kept."""
+    others = toy_clips(3, seed=7)
+    encoded = patching.encode_clips(lm, clips, reference=others)
+    decoder_targets = patching.component_targets(lm, "dec.*.cross_attn_out", source=patching.REFERENCE)
+    encoder_targets = patching.component_targets(lm, "enc.*.mlp_out", source=patching.REFERENCE)
+    for targets in (decoder_targets, encoder_targets):
+        reused = patching.generate_sweep(lm, encoded, targets, max_new_tokens=MAX_NEW)
+        fresh = patching.generate_sweep(lm, clips, targets, reference=others, max_new_tokens=MAX_NEW)
+        assert reused.token_ids == fresh.token_ids and reused.baseline_ids == fresh.baseline_ids
+        assert reused.reference_texts == fresh.reference_texts
+    cached = dict(encoded._decoded)
+    patching.generate_sweep(lm, encoded, decoder_targets[:1], max_new_tokens=MAX_NEW)
+    assert encoded._decoded.keys() == cached.keys()  # nothing decoded again
+    with pytest.raises(ValueError, match="reference of EncodedClips"):
+        patching.generate_sweep(lm, encoded, decoder_targets, reference=clips)
+    with pytest.raises(ValueError, match="another model"):
+        patching.generate_sweep(toy_loaded_model(seed=2), encoded, decoder_targets)

@@ -128,6 +128,29 @@ def test_encoder_only_sweep_reuses_the_prefix_and_equals_naive(batch_size):
     assert hooks.active_hook_count(lm) == 0
 
 
+def test_whole_encoder_residual_from_another_run_gives_that_run_at_every_layer():
+    """Known answer the semantic-bias chapter relies on: replacing the whole residual stream after any encoder
+    layer by another run's makes the encoder output that run's, so every layer gives the decoder reading the other
+    run's encoder output."""
+    from ._toy_lm import toy_clips, toy_loaded_model
+
+    lm = toy_loaded_model()
+    feats, _ = lm.features(toy_clips(2))
+    other, _ = lm.features(toy_clips(2, seed=5))
+    ids = torch.tensor([[1, 3, 4, 5, 6, 7], [1, 3, 6, 5, 4, 0]])
+    with torch.no_grad(), cache_activations(lm, "enc.*.resid_post") as source:
+        other_states = lm.model.model.encoder(other).last_hidden_state
+    metric = patching.token_logprob(start=2)
+    sweep = patching.run_sweep(lm, feats, ids, patching.component_targets(lm, "enc.*.resid_post", source=source),
+                               metric)
+    with torch.no_grad():
+        expected = metric(patching.decoder_logits(lm.model, ids, other_states), ids)
+    assert len(sweep.labels) == lm.dims.n_encoder_layers
+    for row in sweep.values:
+        assert torch.allclose(row, expected, atol=1e-4)
+    assert (expected - sweep.baseline).abs().max() > 1e-2
+
+
 def test_kl_metric_is_zero_for_no_change_and_positive_for_a_patch(toy, toy_inputs, source):
     feats, _, ids = toy_inputs
     with torch.no_grad():

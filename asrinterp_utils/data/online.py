@@ -726,27 +726,26 @@ def librispeech(
 ) -> pd.DataFrame:
     """LibriSpeech clips as 16 kHz wavs with the package's columns.
 
-    Parameters
-    ----------
-    split: ``"validation.clean"`` (dev-clean, 2,703 utterances, 40 speakers), ``"validation.other"``,
-        ``"test.clean"``, ``"test.other"``, ``"train.clean.100"``, ... On the Hub these are splits of the config
-        ``"all"`` (chosen when ``config`` is None and the split has a dot; the ``clean``/``other`` configs name
-        them ``validation``, ``test``, ``train.100`` ...).
-    n: keep the first ``n`` clips (streaming reads only those).
-    streaming: stream from the Hub instead of downloading the split (dev-clean is ~340 MB).
-    dataset_id: a Hub id, a local path (see the module docstring) or a ``datasets`` object.
-    speakers: gender per reader: a path to ``SPEAKERS.TXT`` (or its folder), or a mapping ``{speaker_id: "F" |
-        "M"}``. When None it is looked for next to ``data_dir``/a local ``dataset_id`` and in
-        ``$ASRINTERP_LIBRISPEECH_SPEAKERS``; without it every gender is ``"unknown"`` (with a warning).
-        ``SPEAKERS.TXT`` is not part of the Hub dataset: it is the top-level file of every LibriSpeech archive on
-        OpenSLR (resource 12, e.g. ``dev-clean.tar.gz``: ``LibriSpeech/SPEAKERS.TXT``); extract only that member
-        with ``tar -xzf dev-clean.tar.gz LibriSpeech/SPEAKERS.TXT``.
-    data_dir: a local copy (same forms as a local ``dataset_id``, or the extracted ``LibriSpeech/`` folder, whose
-        ``SPEAKERS.TXT`` is then found by itself). For a clone of the Hub repository pass ``config="all"`` too.
-    max_duration_s: skip longer clips (Whisper's window is 30 s; no LibriSpeech dev/test utterance is longer than 35 s).
-    timeout_s: how long to wait for the Hub before treating the machine as offline (default 5 s).
-    name: the cache folder, ``cache_dir("corpora", name, split)``.
-    load_kwargs: passed on to ``datasets.load_dataset`` (``revision=``, ``cache_dir=``, ``token=`` ...).
+    Args:
+        split: ``"validation.clean"`` (dev-clean, 2,703 utterances, 40 speakers), ``"validation.other"``,
+            ``"test.clean"``, ``"test.other"``, ``"train.clean.100"``, ... On the Hub these are splits of the config
+            ``"all"`` (chosen when ``config`` is None and the split has a dot; the ``clean``/``other`` configs name
+            them ``validation``, ``test``, ``train.100`` ...).
+        n: keep the first ``n`` clips (streaming reads only those).
+        streaming: stream from the Hub instead of downloading the split (dev-clean is ~340 MB).
+        dataset_id: a Hub id, a local path (see the module docstring) or a ``datasets`` object.
+        speakers: gender per reader: a path to ``SPEAKERS.TXT`` (or its folder), or a mapping ``{speaker_id: "F" |
+            "M"}``. When None it is looked for next to ``data_dir``/a local ``dataset_id`` and in
+            ``$ASRINTERP_LIBRISPEECH_SPEAKERS``; without it every gender is ``"unknown"`` (with a warning).
+            ``SPEAKERS.TXT`` is not part of the Hub dataset: it is the top-level file of every LibriSpeech archive on
+            OpenSLR (resource 12, e.g. ``dev-clean.tar.gz``: ``LibriSpeech/SPEAKERS.TXT``); extract only that member
+            with ``tar -xzf dev-clean.tar.gz LibriSpeech/SPEAKERS.TXT``.
+        data_dir: a local copy (same forms as a local ``dataset_id``, or the extracted ``LibriSpeech/`` folder, whose
+            ``SPEAKERS.TXT`` is then found by itself). For a clone of the Hub repository pass ``config="all"`` too.
+        max_duration_s: skip longer clips (Whisper's window is 30 s; no LibriSpeech dev/test utterance is longer than 35 s).
+        timeout_s: how long to wait for the Hub before treating the machine as offline (default 5 s).
+        name: the cache folder, ``cache_dir("corpora", name, split)``.
+        load_kwargs: passed on to ``datasets.load_dataset`` (``revision=``, ``cache_dir=``, ``token=`` ...).
 
     Columns: :data:`COLUMNS` (``speaker`` is ``"librispeech:<id>"``, ``accent`` ``"unknown"``: LibriSpeech does not
     record it, ``source`` ``"librispeech"``, ``licence`` CC-BY-4.0) plus ``n_words``, ``raw_text`` (LibriSpeech's

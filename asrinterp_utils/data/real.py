@@ -3,7 +3,7 @@
 This is the first source of the speech bank. Every source is one function that returns a
 :class:`pandas.DataFrame` with one row per clip and at least the columns in :data:`COLUMNS`:
 
-=============  ==================================================================================
+==============  =======================================================================================
 ``clip_id``     unique within the source (Asterisk: the prompt name, e.g. ``digits/1``, ``vm-intro``)
 ``path``        absolute path of a 16 kHz mono 16-bit wav
 ``text``        clean transcript (annotations such as ``[@]`` or ``(simple tone sound plays)`` removed)
@@ -13,7 +13,7 @@ This is the first source of the speech bank. Every source is one function that r
 ``source``      ``"asterisk"`` or ``"pocketsphinx"``
 ``duration_s``  length in seconds
 ``licence``     licence of the recording
-=============  ==================================================================================
+==============  =======================================================================================
 
 Sources may add columns (here ``n_words``, ``raw_text``, ``subset``, ``source_path``).
 
@@ -69,6 +69,7 @@ __all__ = [
 
 SAMPLE_RATE = 16_000
 COLUMNS = ["clip_id", "path", "text", "speaker", "gender", "accent", "source", "duration_s", "licence"]
+"""The columns every speech source returns, at least (see the table above)."""
 
 # ----------------------------------------------------------------------------------------------------------------
 # Attribution (shown by the book wherever the audio is used)
@@ -507,13 +508,12 @@ def asterisk_prompts(
 ) -> pd.DataFrame:
     """The English Asterisk core prompts with speech, decoded to 16 kHz mono wav (cached).
 
-    Parameters
-    ----------
-    min_words: keep prompts whose clean transcript has at least this many words.
-    max_duration_s: drop longer prompts (Whisper's window is 30 s; three prompts are longer). ``None`` keeps all.
-    limit: keep the first ``limit`` prompts (by ``clip_id``) that pass the filters; only those are decoded.
-    workers: parallel ffmpeg processes (default: CPU count, clamped to 2..4).
-    progress: show a tqdm bar while decoding.
+    Args:
+        min_words: keep prompts whose clean transcript has at least this many words.
+        max_duration_s: drop longer prompts (Whisper's window is 30 s; three prompts are longer). ``None`` keeps all.
+        limit: keep the first ``limit`` prompts (by ``clip_id``) that pass the filters; only those are decoded.
+        workers: parallel ffmpeg processes (default: CPU count, clamped to 2..4).
+        progress: show a tqdm bar while decoding.
 
     Returns a DataFrame with :data:`COLUMNS` plus ``n_words``, ``raw_text`` (the line of ``core-sounds-en.txt``)
     and ``source_path`` (the ``.g722`` file), sorted by ``clip_id``. Prompts without speech (tones, silence,

@@ -1,0 +1,158 @@
+"""Self-checks for the book's exercises.
+
+Each exercise in a chapter ends with a call such as ``exercises.check_real_frames(answer, seconds=3.7)``. The check
+computes the right answer itself, with the package, and compares:
+
+* a right answer returns a :class:`CheckResult` that shows "Correct" (and why it is right);
+* an answer left as ``...`` (the student version's stub) returns one that says "not answered yet", so a notebook
+  still runs top to bottom;
+* a wrong answer raises :class:`WrongAnswer`, an ``AssertionError`` whose message says what is wrong.
+
+In the book the solutions run through the same checks, so a build fails if a solution and its check disagree.
+``make student`` writes the chapters with the solutions removed (``scripts/notebooks.py``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+
+class WrongAnswer(AssertionError):
+    """The answer was given and is wrong; the message says how."""
+
+
+@dataclass
+class CheckResult:
+    """``ok``: True (right) or None (not answered yet); ``message``: what the check found."""
+
+    exercise: str
+    ok: bool | None
+    message: str
+
+    def __bool__(self) -> bool:
+        return bool(self.ok)
+
+    def __str__(self) -> str:
+        mark = "Correct" if self.ok else "Not answered yet"
+        return f"{self.exercise}: {mark}. {self.message}"
+
+    def _repr_markdown_(self) -> str:
+        mark = "✅ **Correct.**" if self.ok else "⏳ **Not answered yet.**"
+        return f"*{self.exercise}*: {mark} {self.message}"
+
+    __repr__ = __str__
+
+
+def _unanswered(answer: Any) -> bool:
+    return answer is ... or answer is None
+
+
+def _verdict(exercise: str, answer: Any, right: bool, why: str, wrong: str) -> CheckResult:
+    if _unanswered(answer):
+        return CheckResult(exercise, None, "Replace the `...` with your answer and run the check again.")
+    if not right:
+        raise WrongAnswer(f"{exercise}: {wrong}")
+    return CheckResult(exercise, True, why)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Chapter 1: Whisper from the inside
+# ---------------------------------------------------------------------------------------------------------------
+
+def check_cross_attention_points(answer: Sequence[str] | Any, lm: Any) -> CheckResult:
+    """Exercise 1.1: the names of every decoder layer's cross-attention output hook point, in layer order."""
+    from .hooks import resolve_hook_points
+
+    truth = [p.name for p in resolve_hook_points(lm, "dec.*.cross_attn_out")]
+    given = None if _unanswered(answer) else [str(a) for a in answer]
+    wrong = f"expected {len(truth)} names, one per decoder layer, like {truth[0]!r}; got {given!r}"
+    if given is not None and sorted(given) == sorted(truth) and given != truth:
+        wrong = "the right names, but not in layer order"
+    return _verdict("Exercise 1.1", answer, given == truth,
+                    f"{len(truth)} decoder layers, one cross-attention output each: `dec.*.cross_attn_out` "
+                    "selects the same list.", wrong)
+
+
+def check_real_frames(answer: int | Any, seconds: float) -> CheckResult:
+    """Exercise 1.2: how many of the 1,500 encoder frames hold a clip of ``seconds`` seconds."""
+    from .audio import SAMPLE_RATE, n_encoder_frames
+
+    truth = n_encoder_frames(round(seconds * SAMPLE_RATE))
+    return _verdict("Exercise 1.2", answer, not _unanswered(answer) and int(answer) == truth,
+                    f"{seconds} s is {round(seconds * SAMPLE_RATE)} samples; at 320 samples (20 ms) per encoder frame "
+                    f"that is {truth} frames, rounded up; the other {1500 - truth} encode padding.",
+                    f"got {answer}; count samples (16,000 per second), then frames of 320 samples, rounding up")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Chapter 3: the logit lens
+# ---------------------------------------------------------------------------------------------------------------
+
+def check_saturation_layers(answer: Sequence[int] | Any, lm: Any, features: torch.Tensor,
+                            decoder_input_ids: torch.Tensor, positions: Sequence[int]) -> CheckResult:
+    """Exercise 3.1: the saturation layer (0 = embeddings ... n = output) of the prediction at each of
+    ``positions`` of one teacher-forced clip (``features`` ``(1, mels, 3000)``, ``decoder_input_ids`` ``(1, T)``)."""
+    from .lens import logit_lens
+
+    with torch.no_grad():
+        result = logit_lens(lm.model, features, decoder_input_ids)
+    truth = [int(x) for x in result.saturation_layer()[0, list(positions)]]
+    given = None if _unanswered(answer) else [int(a) for a in answer]
+    return _verdict("Exercise 3.1", answer, given == truth,
+                    f"saturation layers {truth} (of {result.n_layers - 1}): the first lens layer from which the "
+                    "lens's top-1 stays equal to the model's final top-1.",
+                    f"got {given}; for each position take the first layer from which `agrees` is true at that layer "
+                    "and every later one (not the first layer where it is true)")
+
+
+def check_lens_equals_logits(answer: float | Any) -> CheckResult:
+    """Exercise 3.2: the largest absolute difference between the last lens layer's log-probabilities and the
+    model's own (a known answer: zero, up to float rounding)."""
+    ok = not _unanswered(answer) and abs(float(answer)) < 1e-4
+    return _verdict("Exercise 3.2", answer, ok,
+                    f"{float(answer) if not _unanswered(answer) else 0:.1e}: at the last layer the lens *is* the "
+                    "model's unembedding of its final LayerNorm, so the two agree to float rounding.",
+                    f"got {answer}; the last lens layer must reproduce the logits: check that you apply the "
+                    "decoder's final LayerNorm and the tied token embeddings, at the same positions")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Chapter 7: activation patching
+# ---------------------------------------------------------------------------------------------------------------
+
+def check_single_patch(answer: float | Any, lm: Any, features: torch.Tensor, decoder_input_ids: torch.Tensor,
+                       reference_cache: Any, point: str, start: int) -> CheckResult:
+    """Exercise 7.1: the change in the mean log-probability of the tokens from position ``start`` on (patched minus
+    clean, averaged over clips) when hook point ``point`` takes its value from ``reference_cache``. Checked against
+    :func:`~asrinterp_utils.patching.run_sweep`, a different code path from the one-patch forward the exercise asks
+    for."""
+    from .patching import component_targets, run_sweep, token_logprob
+
+    sweep = run_sweep(lm, features, decoder_input_ids, component_targets(lm, point, source=reference_cache),
+                      token_logprob(start))
+    truth = float((sweep.values[0] - sweep.baseline).mean())
+    ok = not _unanswered(answer) and abs(float(answer) - truth) < 1e-3 * max(1.0, abs(truth))
+    return _verdict("Exercise 7.1", answer, ok,
+                    f"patching `{point}` from the reference changes the mean log-probability by {truth:+.3f} nats.",
+                    f"got {answer}, expected {truth:+.4f}; patch only `{point}`, score the same tokens, and subtract "
+                    "the clean run's metric (patched minus clean)")
+
+
+def check_most_damaging_head(answer: str | Any, lm: Any, features: torch.Tensor, decoder_input_ids: torch.Tensor,
+                             reference_cache: Any, start: int) -> CheckResult:
+    """Exercise 7.2: the cross-attention head whose output, patched from the reference run, lowers the mean
+    log-probability of the tokens from position ``start`` on the most. ``answer`` is its label, e.g.
+    ``"dec.1.cross_head_out[h3]"``."""
+    from .patching import head_targets, run_sweep, token_logprob
+
+    targets = head_targets(lm, "cross_head_out", source=reference_cache)
+    sweep = run_sweep(lm, features, decoder_input_ids, targets, token_logprob(start))
+    change = (sweep.values - sweep.baseline).mean(dim=1)
+    best = sweep.labels[int(change.argmin())]
+    given = None if _unanswered(answer) else str(answer)
+    return _verdict("Exercise 7.2", answer, given == best,
+                    f"`{best}` lowers the mean log-probability by {float(change.min()):.3f} nats.",
+                    f"got {given!r}; the most damaging head is the one with the most negative change "
+                    "(patched minus baseline), averaged over clips")

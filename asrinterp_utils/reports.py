@@ -1,0 +1,372 @@
+"""The book's generated back matter: the reproduction report and the performance page.
+
+Both pages are built from JSON that other code wrote, never from numbers typed into a page:
+
+* **Reproduction report.** Each chapter saves its headline numbers with :func:`asrinterp_utils.runtime.save_results`
+  under ``cache_dir("results", mode)``. :func:`reproduction_claims` reads them and states, for every claim of the
+  paper, what the paper reports (as recovered by summaries; ``../shared/notes/paper.md``), what we measured on each
+  model, and a verdict computed here from our numbers by the rule given with the claim.
+* **Performance page.** Each script in ``benchmarks/`` writes one JSON file to ``benchmarks/results/``.
+  :func:`benchmark_summary` lists them with their machine, versions, timings, ratios and correctness checks.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+SUPPORTED, NOT_SUPPORTED, NOT_TESTABLE = "supported", "not supported", "not testable here"
+
+# The results file each chapter saves, and the chapter that writes it (for messages and links).
+RESULT_FILES = {
+    "logit_lens": "chapters/03_logit_lens",
+    "encoder_lens": "chapters/04_encoder_lens",
+    "probing_encoder": "chapters/05_probing_the_encoder",
+    "predicting_hallucinations": "chapters/06_predicting_hallucinations",
+    "activation_patching": "chapters/07_activation_patching",
+    "repetition_hallucinations": "chapters/08_repetition_hallucinations",
+    "semantic_bias": "chapters/09_semantic_bias",
+}
+
+
+@dataclass
+class Claim:
+    """One claim of the paper beside our numbers.
+
+    ``ours`` maps a model name to what we measured (text); ``holds`` maps it to whether our numbers meet the
+    claim's ``rule`` (None: not testable). :attr:`verdict` combines them.
+    """
+
+    section: str
+    claim: str
+    reported: str
+    rule: str
+    chapter: str
+    ours: dict[str, str] = field(default_factory=dict)
+    holds: dict[str, bool | None] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def verdict(self) -> str:
+        """``supported`` (holds on every model), ``not supported`` (on none), ``mixed (...)`` or
+        ``not testable here``."""
+        tested = {m: h for m, h in self.holds.items() if h is not None}
+        if not tested:
+            return NOT_TESTABLE
+        if all(tested.values()):
+            return SUPPORTED
+        if not any(tested.values()):
+            return NOT_SUPPORTED
+        return "mixed (" + ", ".join(f"{m}: {'yes' if h else 'no'}" for m, h in tested.items()) + ")"
+
+
+def load_results(mode: str = "full", folder: str | Path | None = None) -> dict[str, dict]:
+    """The chapters' saved results, ``{name: json}``, from ``folder`` or ``cache_dir("results", mode)``.
+
+    Raises FileNotFoundError naming the chapters to run when a results file is missing.
+    """
+    from .runtime import cache_dir
+
+    if mode not in ("full", "fast"):
+        raise ValueError(f"mode must be 'full' or 'fast', got {mode!r}")
+    folder = Path(folder) if folder is not None else cache_dir("results", mode)
+    missing = [name for name in RESULT_FILES if not (folder / f"{name}.json").is_file()]
+    if missing:
+        chapters = ", ".join(RESULT_FILES[m] for m in missing)
+        raise FileNotFoundError(
+            f"no saved results for {missing} in {folder}: run these chapters first ({chapters}); `make book` runs "
+            f"every chapter in full mode, `make test` in fast mode")
+    return {name: json.loads((folder / f"{name}.json").read_text(encoding="utf-8")) for name in RESULT_FILES}
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f} %"
+
+
+def _by_model(records: list[dict], key: str = "model") -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in records:
+        out.setdefault(r[key], []).append(r)
+    return out
+
+
+def _logit_lens(results: dict) -> list[Claim]:
+    claim = Claim(
+        "Logit lens", "Decoder predictions form gradually across layers and settle at a saturation layer",
+        "qualitative (no numbers recovered)",
+        "a share of tokens already has the final top-1 one layer before the output (agreement strictly between 0 and "
+        "1) and the mean saturation depth is below 1", RESULT_FILES["logit_lens"])
+    for row in results["per_model"]:
+        agree, depth = row["top-1 agreement one layer before the output"], row["mean saturation depth"]
+        claim.ours[row["model"]] = (f"top-1 agreement one layer before the output {agree:.2f}; mean saturation depth "
+                                    f"{depth:.2f}; {row['tokens saturating only at the output']} of tokens settle only "
+                                    f"at the output")
+        claim.holds[row["model"]] = 0 < agree < 1 and depth < 1
+    audio_llm = Claim("Logit lens", "The same lens works on Qwen2-Audio's language model", "qualitative",
+                      "needs audio-LLM weights, which this machine does not have (the code path is tested on a "
+                      "random-initialised model)", RESULT_FILES["logit_lens"])
+    return [claim, audio_llm]
+
+
+def _encoder_lens(results: dict) -> list[Claim]:
+    late = Claim("Encoder lens", "A faithful transcript appears only from the late encoder layers",
+                 "qualitative", "the first layer with median WER <= 0.5 is in the last third of the encoder",
+                 RESULT_FILES["encoder_lens"])
+    fluent = Claim("Encoder lens", "Intermediate encoder layers give fluent but unrelated text",
+                   "qualitative; example \"Yes, I need to go to the bathroom\"",
+                   "at least 10 % of the transcripts below the last layer are fluent but unfaithful",
+                   RESULT_FILES["encoder_lens"])
+    for row in results["per_model"]:
+        n, first = row["encoder layers"], row["first layer with median WER <= 0.5"]
+        late.ours[row["model"]] = (f"first layer with median WER <= 0.5: {first} (layers 0-{n - 1}); median WER at "
+                                   f"the last layer {row['median WER, last layer']:.2f}")
+        late.holds[row["model"]] = first is not None and first >= n - max(1, n // 3)
+        below = row["transcripts below the last layer"]
+        share = row["fluent unfaithful below the last layer"] / below if below else 0.0
+        fluent.ours[row["model"]] = (f"{row['fluent unfaithful below the last layer']} of {below} fluent but "
+                                     f"unfaithful ({row['loops below the last layer']} loops)")
+        fluent.holds[row["model"]] = share >= 0.1
+    return [late, fluent]
+
+
+PROBE_REPORTED = {  # attribute: (reported for large-v3 by summaries, task name in the probing results)
+    "speaker gender": ("94.6 % at layer 25 of 32", "gender"),
+    "clean vs noisy audio": ("90.0 % at layer 27 of 32", "noise"),
+    "accent": ("97.0 % at layer 22 of 32 (four real accents)", "accent"),
+    "semantic category": ("\"high\", no number", "semantic category"),
+}
+
+
+def _probing(results: dict) -> list[Claim]:
+    claims, depths = [], {}
+    rows = [r for r in results["best_layers"]]
+    log_mel = {r["task"]: r for r in rows if r["source"] == "log-mel"}
+    for attribute, (reported, task) in PROBE_REPORTED.items():
+        claim = Claim("Linear probes on the encoder", f"The encoder linearly encodes {attribute}", reported,
+                      "the best layer's 95 % interval lies above chance", RESULT_FILES["probing_encoder"],
+                      note="espeak's rule-based accents, not the paper's speakers" if task == "accent" else "")
+        for r in rows:
+            if r["task"] != task or r["source"] in ("log-mel",) or r["source"].startswith("random-init"):
+                continue
+            base = log_mel.get(task)
+            claim.ours[r["source"]] = (f"{_pct(r['accuracy'])} [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}] at layer "
+                                       f"{r['layer']} of {r['n_layers']} (chance {_pct(r['chance'])}"
+                                       + (f"; log-mel input {_pct(base['accuracy'])}" if base else "") + ")")
+            claim.holds[r["source"]] = r["ci_low"] > r["chance"]
+            depths.setdefault(r["source"], []).append((task, r["layer"], r["n_layers"]))
+        claims.append(claim)
+    late = Claim("Linear probes on the encoder", "Probe accuracy peaks late in the encoder",
+                 "layers 22-27 of 32 for gender, noise and accent",
+                 "the best layer is in the second half of the encoder for most of gender, noise and accent",
+                 RESULT_FILES["probing_encoder"])
+    for model, found in depths.items():
+        found = [(t, layer, n) for t, layer, n in found if t in ("gender", "noise", "accent")]
+        late.ours[model] = "; ".join(f"{t} {layer} of {n}" for t, layer, n in found)
+        late.holds[model] = sum(layer >= n / 2 for _, layer, n in found) > len(found) / 2
+    return claims + [late]
+
+
+def _hallucinations(results: dict) -> list[Claim]:
+    probe = Claim("Predicting hallucinations", "A linear probe on the decoder residual stream separates good from "
+                  "bad transcripts", "93.4 % at decoder layer 22 of 32",
+                  "the best decoder probe's 95 % interval lies above chance", RESULT_FILES["predicting_hallucinations"],
+                  note="our good/bad label is confounded with the input condition; see the chapter")
+    for model, rows in _by_model(results["good_vs_bad"]).items():
+        decoder = [r for r in rows if r["source"] != "log-mel input"]
+        best = max(decoder, key=lambda r: r["accuracy"])
+        mel = next((r for r in rows if r["source"] == "log-mel input"), None)
+        probe.ours[model] = (f"{_pct(best['accuracy'])} [{_pct(best['ci_low'])}, {_pct(best['ci_high'])}] "
+                             f"({best['source']}, layer {best['layer']} of {best['n_layers']})"
+                             + (f"; log-mel input {_pct(mel['accuracy'])}" if mel else ""))
+        probe.holds[model] = best["ci_low"] > best["chance"]
+    speech = Claim("Predicting hallucinations", "Speech and non-speech inputs are linearly separable in the decoder",
+                   "reported by one summary, no number", "the probe's 95 % interval lies above chance",
+                   RESULT_FILES["predicting_hallucinations"])
+    for model, entry in results["speech_vs_nonspeech"].items():
+        r = entry["speech_vs_nonspeech"]
+        speech.ours[model] = (f"{_pct(r['accuracy'])} [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}] at layer "
+                              f"{r['layer']} ({r['source']}); on confidently transcribed non-speech "
+                              f"{_pct(entry['confident_nonspeech_accuracy'])}")
+        speech.holds[model] = r["ci_low"] > r["chance"]
+    return [probe, speech]
+
+
+def _repetition(results: dict) -> list[Claim]:
+    chapter = RESULT_FILES["repetition_hallucinations"]
+    layer = Claim("Repetition hallucinations", "Patching a late decoder layer's cross-attention with its white-noise "
+                  "value resolves repetition loops", "layer 23 of 32: 76 % of loops",
+                  "the best single component is a cross-attention output and resolves at least half the loops",
+                  chapter, note="'stub': the patched transcript has two words or fewer")
+    head = Claim("Repetition hallucinations", "A single cross-attention head resolves many loops",
+                 "layer 18, head 13: about 78 %", "the best head resolves at least half the loops", chapter)
+    combo = Claim("Repetition hallucinations", "Combining the layer and the head resolves more",
+                  "about 89 %", "the best combination resolves more loops than the best single head", chapter)
+    clean = Claim("Repetition hallucinations", "The best component's patch leaves clean speech intact",
+                  "not reported (our check)", "WER on clean clips rises by at most 0.05", chapter)
+    for model, r in results.items():
+        if not r.get("loops"):
+            for c in (layer, head, combo, clean):
+                c.ours[model], c.holds[model] = "no loops found", None
+            continue
+        comp, h, both = r["best_component"], r["best_head"], r["best_combination"]
+        layer.ours[model] = (f"`{comp['target']}`: {_pct(comp['resolved'])} of {r['loops']} loops (stub "
+                             f"{_pct(comp['stub'])})")
+        layer.holds[model] = comp["target"].endswith("cross_attn_out") and comp["resolved"] >= 0.5
+        head.ours[model] = f"`{h['target']}`: {_pct(h['resolved'])} (stub {_pct(h['stub'])})"
+        head.holds[model] = h["resolved"] >= 0.5
+        combo.ours[model] = f"{both['target']}: {_pct(both['resolved'])} (stub {_pct(both['stub'])})"
+        combo.holds[model] = both["resolved"] > h["resolved"]
+        wer = r["clean_wer"]
+        before, after = wer["(unpatched)"], wer[comp["target"]]
+        clean.ours[model] = f"WER {before:.2f} unpatched, {after:.2f} with `{comp['target']}` patched"
+        clean.holds[model] = after - before <= 0.05
+    return [layer, head, combo, clean]
+
+
+def _semantic_bias(results: dict) -> list[Claim]:
+    claim = Claim("Semantic bias in the encoder", "White-noise patches of encoder components can make the model "
+                  "more faithful to the spoken word", "yes (components and sizes not given)",
+                  "the best encoder patch raises the mean logit difference (spoken - expected word) and flips more "
+                  "clips to the spoken word than away from it", RESULT_FILES["semantic_bias"],
+                  note="our own context-bias stimuli read by TTS voices; the paper's are not public")
+    for model, rows in results["sweep"].items():
+        best = max(rows, key=lambda r: r["mean change"])
+        claim.ours[model] = (f"best `{best['target']}`: mean change {best['mean change']:+.2f}; flipped "
+                             f"{best['flipped to spoken']} to spoken, {best['flipped away from spoken']} away")
+        claim.holds[model] = best["mean change"] > 0 and best["flipped to spoken"] > best["flipped away from spoken"]
+    return [claim]
+
+
+EXTRACTORS: dict[str, Callable[[dict], list[Claim]]] = {
+    "logit_lens": _logit_lens, "encoder_lens": _encoder_lens, "probing_encoder": _probing,
+    "predicting_hallucinations": _hallucinations, "repetition_hallucinations": _repetition,
+    "semantic_bias": _semantic_bias,
+}
+
+
+def reproduction_claims(results: dict[str, dict]) -> list[Claim]:
+    """Every claim of the paper, with our numbers and a verdict, from :func:`load_results`' output.
+
+    Raises KeyError naming the results file whose structure does not match (a chapter changed what it saves).
+    """
+    claims = []
+    for name, extract in EXTRACTORS.items():
+        try:
+            claims += extract(results[name])
+        except (KeyError, TypeError, ValueError) as err:
+            raise KeyError(f"{name}.json (saved by {RESULT_FILES[name]}) lacks what the report reads: {err!r}; "
+                           "rerun that chapter, or update asrinterp_utils.reports") from err
+    return claims
+
+
+def claims_frame(claims: list[Claim], models: list[str] | None = None):
+    """One row per claim: ``section, claim, reported (large-v3), <one column per model>, verdict, rule, note``."""
+    import pandas as pd
+
+    models = models or sorted({m for c in claims for m in c.ours}, key=lambda m: (m != "tiny.en", m))
+    return pd.DataFrame([{"section": c.section, "claim": c.claim, "reported (large-v3, by summaries)": c.reported,
+                          **{m: c.ours.get(m, "") for m in models}, "verdict": c.verdict, "rule": c.rule,
+                          "note": c.note, "chapter": c.chapter} for c in claims])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Benchmarks
+# ---------------------------------------------------------------------------------------------------------------
+
+def load_benchmarks(folder: str | Path) -> dict[str, dict]:
+    """Every ``*.json`` in ``folder`` (``benchmarks/results``), by file stem."""
+    folder = Path(folder)
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        raise FileNotFoundError(f"no benchmark results in {folder}: run the scripts in benchmarks/ first")
+    return {f.stem: json.loads(f.read_text(encoding="utf-8")) for f in files}
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts to one level with dotted keys (``{"a": {"b": 1}} -> {"a.b": 1}``); lists are kept whole."""
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+RATIO_WORDS = {"speedup", "ratio", "over"}
+CHECK_WORDS = {"identical", "difference", "diff", "abs", "equals", "matches", "agrees", "agreement", "passed", "met",
+               "gives"}
+
+
+def _words(key: str) -> set[str]:
+    return set(re.split(r"[._\s\[\]]+", key.lower()))
+
+
+def _machine(result: dict) -> str:
+    machine = result.get("machine", result)
+    device = machine.get("gpu") or (f"CPU, {machine['cores']} cores" if "cores" in machine else
+                                    machine.get("device", "?"))
+    return f"{device}; torch {machine.get('torch', '?')}, transformers {machine.get('transformers', '?')}"
+
+
+def benchmark_summary(benchmarks: dict[str, dict]):
+    """One row per benchmark: ``benchmark, date, machine, ratios, checks`` (ratios: every key naming a speed-up or
+    ratio, to 2 decimals; checks: every key naming an equality or error bound)."""
+    import pandas as pd
+
+    rows = []
+    for name, result in benchmarks.items():
+        flat = flatten({k: v for k, v in result.items() if k != "machine"})
+        ratios = {k: v for k, v in flat.items() if _words(k) & RATIO_WORDS and not _words(k) & CHECK_WORDS
+                  and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        checks = {k: v for k, v in flat.items()
+                  if _words(k) & CHECK_WORDS and isinstance(v, (bool, int, float, str))}
+        rows.append({"benchmark": name, "date": result.get("date", ""), "machine": _machine(result),
+                     "ratios": "; ".join(f"{k} = {v:.2f}" for k, v in ratios.items()),
+                     "checks": "; ".join(f"{k} = {v:.2g}" if isinstance(v, float) else f"{k} = {v}"
+                                         for k, v in checks.items())})
+    return pd.DataFrame(rows)
+
+
+def benchmark_seconds(benchmarks: dict[str, dict]):
+    """Long table of every timing: ``benchmark, what, seconds``. Timings are the numbers under a ``seconds`` or
+    ``timing_s`` key, or keys ending in ``median_s``; of a repeated measurement only the median is kept."""
+    import pandas as pd
+
+    rows = []
+    for name, result in benchmarks.items():
+        for key, value in flatten({k: v for k, v in result.items() if k != "machine"}).items():
+            parts = key.split(".")
+            under_timing = any(p in ("seconds", "timing_s") for p in parts[:-1])
+            if parts[-1] in ("min_s", "max_s", "repeats") or "ratio" in _words(parts[-1]):
+                continue
+            if (under_timing or parts[-1].endswith("median_s") or parts[-1] == "seconds") \
+                    and isinstance(value, (int, float)) and not isinstance(value, bool):
+                what = ".".join(p for p in parts if p not in ("seconds", "timing_s", "median_s")) or name
+                rows.append({"benchmark": name, "what": what, "seconds": float(value)})
+    return pd.DataFrame(rows, columns=["benchmark", "what", "seconds"])
+
+
+def chapter_times(cache_db: str | Path):
+    """How long each page took to execute in the last book build, from the build's execution cache
+    (``_build/.jupyter_cache/global.db`` for ``make book``): ``page, seconds, executed`` (UTC), one row per page
+    (its latest run), in page order. Empty when there is no cache yet."""
+    import sqlite3
+
+    import pandas as pd
+
+    path = Path(cache_db)
+    columns = ["page", "seconds", "executed"]
+    if not path.is_file():
+        return pd.DataFrame(columns=columns)
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        records = db.execute("SELECT uri, data, created FROM nbcache ORDER BY created").fetchall()
+    latest: dict[str, dict] = {}
+    for uri, data, created in records:
+        seconds = json.loads(data or "{}").get("execution_seconds")
+        if seconds is not None:
+            latest[Path(uri).stem if "/" not in uri else "/".join(Path(uri).parts[-2:])] = {
+                "seconds": float(seconds), "executed": str(created)[:19]}
+    rows = [{"page": page.removesuffix(".md").removesuffix(".ipynb"), **v} for page, v in sorted(latest.items())]
+    return pd.DataFrame(rows, columns=columns)

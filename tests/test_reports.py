@@ -1,0 +1,98 @@
+"""The generated back matter: claims and verdicts from the chapters' saved results, benchmark tables, chapter
+times. The fixture results are a real fast-mode run of the chapters (tests/data/results_fast)."""
+from __future__ import annotations
+
+import copy
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from asrinterp_utils import reports
+
+FIXTURE = Path(__file__).parent / "data" / "results_fast"
+
+
+@pytest.fixture
+def results():
+    return reports.load_results("fast", FIXTURE)
+
+
+def test_every_claim_has_numbers_and_a_verdict(results):
+    claims = reports.reproduction_claims(results)
+    assert len(claims) >= 12
+    verdicts = {c.verdict for c in claims}
+    assert reports.NOT_TESTABLE in verdicts  # the audio-LLM lens
+    for c in claims:
+        assert c.claim and c.reported and c.rule
+        if c.verdict != reports.NOT_TESTABLE:
+            assert c.ours and all(c.ours.values()), c.claim
+    frame = reports.claims_frame(claims)
+    assert list(frame.columns[:4]) == ["section", "claim", "reported (large-v3, by summaries)", "tiny.en"]
+
+
+def test_verdicts_follow_the_numbers(results):
+    """Change a saved number and the verdict changes with it: the report reads, it does not decide."""
+    changed = copy.deepcopy(results)
+    for row in changed["semantic_bias"]["sweep"]["tiny.en"]:
+        row.update({"mean change": 0.5, "flipped to spoken": 3, "flipped away from spoken": 0})
+    before = {c.claim: c.verdict for c in reports.reproduction_claims(results)}
+    after = {c.claim: c.verdict for c in reports.reproduction_claims(changed)}
+    claim = next(k for k in before if k.startswith("White-noise patches of encoder"))
+    assert before[claim] == reports.NOT_SUPPORTED and after[claim] == reports.SUPPORTED
+
+
+def test_mixed_verdict_names_the_models():
+    claim = reports.Claim("s", "c", "r", "rule", "chapters/x", holds={"tiny.en": True, "base": False})
+    assert claim.verdict == "mixed (tiny.en: yes, base: no)"
+    assert reports.Claim("s", "c", "r", "rule", "x", holds={"tiny.en": None}).verdict == reports.NOT_TESTABLE
+
+
+def test_missing_results_say_which_chapter_to_run(tmp_path):
+    (tmp_path / "logit_lens.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="08_repetition_hallucinations"):
+        reports.load_results("fast", tmp_path)
+
+
+def test_a_changed_results_structure_names_the_file(results):
+    broken = copy.deepcopy(results)
+    del broken["encoder_lens"]["per_model"]
+    with pytest.raises(KeyError, match="encoder_lens.json"):
+        reports.reproduction_claims(broken)
+
+
+def test_benchmark_tables(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps({
+        "benchmark": "a", "date": "2026-01-01", "machine": {"cores": 2, "torch": "2", "transformers": "5"},
+        "seconds": {"ours": 1.0, "naive": 10.0}, "speedup_ours_over_naive": 10.0, "max_abs_difference": 0.0,
+        "generation_targets": 5}))
+    (tmp_path / "b.json").write_text(json.dumps({
+        "gpu": "H100", "torch": "2", "checks": {"equals_cpu": True},
+        "models": {"m": {"seconds": {"forward": {"median_s": 2.0, "min_s": 1.0, "max_s": 3.0, "repeats": 3}}}}}))
+    bench = reports.load_benchmarks(tmp_path)
+    summary = reports.benchmark_summary(bench).set_index("benchmark")
+    assert summary.loc["a", "ratios"] == "speedup_ours_over_naive = 10.00"  # not generation_targets
+    assert "max_abs_difference = 0" in summary.loc["a", "checks"]
+    assert summary.loc["b", "machine"].startswith("H100")
+    assert "checks.equals_cpu = True" in summary.loc["b", "checks"]
+    seconds = reports.benchmark_seconds(bench)
+    assert sorted(seconds.seconds) == [1.0, 2.0, 10.0]  # medians only
+    with pytest.raises(FileNotFoundError):
+        reports.load_benchmarks(tmp_path / "empty")
+
+
+def test_chapter_times_from_the_execution_cache(tmp_path):
+    db = tmp_path / "global.db"
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE nbcache (pk INTEGER, hashkey TEXT, uri TEXT, description TEXT, data TEXT, "
+                    "created TEXT, accessed TEXT)")
+        con.executemany("INSERT INTO nbcache VALUES (?, ?, ?, '', ?, ?, ?)", [
+            (1, "a", "/x/chapters/01_a.md", json.dumps({"execution_seconds": 5.0}), "2026-01-01 10:00:00", ""),
+            (2, "b", "/x/chapters/01_a.md", json.dumps({"execution_seconds": 7.0}), "2026-01-02 10:00:00", ""),
+            (3, "c", "/x/reports/performance.md", json.dumps({"execution_seconds": 1.0}), "2026-01-02 11:00:00",
+             "")])
+    times = reports.chapter_times(db)
+    assert list(times.page) == ["chapters/01_a", "reports/performance"]
+    assert list(times.seconds) == [7.0, 1.0]  # the latest run of each page
+    assert reports.chapter_times(tmp_path / "none.db").empty
