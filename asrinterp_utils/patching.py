@@ -462,16 +462,19 @@ def _lockstep_decode(lm: Any, clean_states: torch.Tensor, ref_states: torch.Tens
     proj_out = hf_model(lm.model).proj_out
     with patch(lm, plan), attention:
         for step in range(max_new_tokens):
+            live = ~ended[patched_rows]  # patched rows still writing: only they need logits
             if share_kv:
                 hidden = core.decoder(input_ids=step_input, encoder_hidden_states=states, cache=cache,
                                       use_cache=True).last_hidden_state
-                logits = proj_out(hidden[patched_rows, -1])  # only the patched rows choose tokens
+                logits = proj_out(hidden[patched_rows[live], -1])  # only the live patched rows choose tokens
             else:
                 result = lm.model(encoder_outputs=(states,), decoder_input_ids=step_input, cache=cache,
                                   use_cache=True)
-                cache, logits = result.cache, result.logits[patched_rows, -1]
+                cache, logits = result.cache, result.logits[patched_rows[live], -1]
             logits = logits.float().masked_fill(at_start if step == 0 else always, float("-inf"))
-            chosen = logits.argmax(-1).view(k, batch)  # the patched rows decide
+            chosen = torch.full((k * batch,), end_of_text, dtype=torch.long, device=lm.device)
+            chosen[live] = logits.argmax(-1)
+            chosen = chosen.view(k, batch)  # the patched rows decide (ended ones keep writing end-of-text)
             next_ids = torch.stack([chosen, chosen], dim=1).reshape(n_rows)  # their reference rows follow
             next_ids = torch.where(ended, end_of_text, next_ids)
             out[:, step] = next_ids
