@@ -39,7 +39,7 @@ class CheckResult:
         return f"{self.exercise}: {mark}. {self.message}"
 
     def _repr_markdown_(self) -> str:
-        mark = "✅ **Correct.**" if self.ok else "⏳ **Not answered yet.**"
+        mark = "✓ **Correct.**" if self.ok else "**Not answered yet.**"  # ✓ is in common fonts; emoji are not
         return f"*{self.exercise}*: {mark} {self.message}"
 
     __repr__ = __str__
@@ -156,3 +156,107 @@ def check_most_damaging_head(answer: str | Any, lm: Any, features: torch.Tensor,
                     f"`{best}` lowers the mean log-probability by {float(change.min()):.3f} nats.",
                     f"got {given!r}; the most damaging head is the one with the most negative change "
                     "(patched minus baseline), averaged over clips")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Chapter 4: the encoder lens
+# ---------------------------------------------------------------------------------------------------------------
+
+def check_encoder_layer_transcript(answer: str | Any, lm: Any, wave: Any, layer: int, max_new_tokens: int = 64
+                                   ) -> CheckResult:
+    """Exercise 4.1: the greedy transcript of ``wave`` decoded from encoder layer ``layer``'s output, after the
+    encoder's final LayerNorm. Checked against :func:`~asrinterp_utils.lens.encoder_lens`."""
+    from .lens import encoder_lens
+
+    table = encoder_lens(lm, [wave], layers=[layer], max_new_tokens=max_new_tokens, progress=False)
+    truth = str(table.transcript.iloc[0]).strip()
+    given = None if _unanswered(answer) else str(answer).strip()
+    return _verdict("Exercise 4.1", answer, given == truth,
+                    f"from layer {layer} the decoder writes {truth!r}.",
+                    f"got {given!r}, expected {truth!r}; decode layer {layer}'s `resid_post` after "
+                    "`encoder.layer_norm`, greedily, with the same token limit")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Chapter 8: repetition hallucinations
+# ---------------------------------------------------------------------------------------------------------------
+
+def check_compression_ratio(answer: float | Any, text: str) -> CheckResult:
+    """Exercise 8.1: Whisper's compression ratio of ``text`` (UTF-8 bytes over zlib-compressed bytes)."""
+    from .metrics import COMPRESSION_RATIO_THRESHOLD, compression_ratio
+
+    truth = compression_ratio(text)
+    ok = not _unanswered(answer) and abs(float(answer) - truth) < 1e-6
+    flag = "above" if truth > COMPRESSION_RATIO_THRESHOLD else "not above"
+    return _verdict("Exercise 8.1", answer, ok,
+                    f"{truth:.2f}, {flag} Whisper's threshold of {COMPRESSION_RATIO_THRESHOLD}.",
+                    f"got {answer}, expected {truth:.4f}; divide the length of `text.encode('utf-8')` by the length "
+                    "of its `zlib.compress`")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Chapter 9: semantic bias
+# ---------------------------------------------------------------------------------------------------------------
+
+def check_logit_difference(answer: float | Any, lm: Any, features: torch.Tensor, decoder_input_ids: torch.Tensor,
+                           position: int, spoken: int, expected: int) -> CheckResult:
+    """Exercise 9.1: the teacher-forced logit of token ``spoken`` minus that of ``expected`` at ``position`` of one
+    clip (``features`` ``(1, mels, 3000)``, ``decoder_input_ids`` ``(1, T)``)."""
+    from .patching import logit_diff
+
+    with torch.no_grad():
+        logits = lm.model(features, decoder_input_ids=decoder_input_ids).logits
+    truth = float(logit_diff(position, spoken, expected)(logits, decoder_input_ids)[0])
+    ok = not _unanswered(answer) and abs(float(answer) - truth) < 1e-3
+    return _verdict("Exercise 9.1", answer, ok,
+                    f"{truth:+.2f}: the model {'favours the spoken word' if truth > 0 else 'favours the expected word'}"
+                    " at that position.",
+                    f"got {answer}, expected {truth:+.3f}; read the logits at the position that *predicts* the word "
+                    "(one before it), and subtract the expected word's first token from the spoken word's")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Chapter 2: the data
+# ---------------------------------------------------------------------------------------------------------------
+
+def check_snr_mix(answer: Any, speech: Any, snr_db: float) -> CheckResult:
+    """Exercise 2.1: ``answer`` is ``speech`` plus noise at ``snr_db`` dB: the power of ``speech`` over the power of
+    what was added (``answer - speech``), in decibels."""
+    import numpy as np
+
+    if _unanswered(answer):
+        return _verdict("Exercise 2.1", answer, False, "", "")
+    mixture, clean = np.asarray(answer, dtype=np.float64), np.asarray(speech, dtype=np.float64)
+    if mixture.shape != clean.shape:
+        raise WrongAnswer(f"Exercise 2.1: the mixture has shape {mixture.shape}, the speech {clean.shape}")
+    added = mixture - clean
+    if not np.any(added):
+        raise WrongAnswer("Exercise 2.1: nothing was added to the speech")
+    snr = 10 * np.log10(np.mean(clean ** 2) / np.mean(added ** 2))
+    return _verdict("Exercise 2.1", answer, abs(snr - snr_db) < 0.05,
+                    f"the added noise is {snr:.2f} dB below the speech.",
+                    f"the added noise is {snr:.2f} dB below the speech, not {snr_db}; scale the noise by "
+                    f"rms(speech) / rms(noise) / 10 ** ({snr_db} / 20)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Chapter 5: probing the encoder
+# ---------------------------------------------------------------------------------------------------------------
+
+def check_probe_accuracy(answer: float | Any, features: Any, labels: Any, groups: Any, *, n_splits: int = 5,
+                         C: float = 1.0) -> CheckResult:
+    """Exercise 5.1: the mean accuracy of a standardised, L2-regularised logistic regression (``C``) on
+    ``features`` ``(clips, d)``, over ``GroupKFold(n_splits)`` folds that keep each group (speaker) on one side."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
+    truth = float(cross_val_score(probe, features, labels, groups=groups, cv=GroupKFold(n_splits)).mean())
+    ok = not _unanswered(answer) and abs(float(answer) - truth) < 1e-6
+    return _verdict("Exercise 5.1", answer, ok,
+                    f"mean held-out-speaker accuracy {truth:.3f}; compare it with the chapter's probe at that layer "
+                    "(which also tunes C inside each fold) and with its shuffled-label control.",
+                    f"got {answer}, expected {truth:.4f}; standardise inside the pipeline (not before the split), "
+                    f"C={C}, GroupKFold({n_splits}) with the speakers as groups")

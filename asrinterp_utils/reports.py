@@ -267,7 +267,7 @@ def claims_frame(claims: list[Claim], models: list[str] | None = None):
 
     models = models or sorted({m for c in claims for m in c.ours}, key=lambda m: (m != "tiny.en", m))
     return pd.DataFrame([{"section": c.section, "claim": c.claim, "reported (large-v3, by summaries)": c.reported,
-                          **{m: c.ours.get(m, "") for m in models}, "verdict": c.verdict, "rule": c.rule,
+                          **{m: c.ours.get(m) or "not run" for m in models}, "verdict": c.verdict, "rule": c.rule,
                           "note": c.note, "chapter": c.chapter} for c in claims])
 
 

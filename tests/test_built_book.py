@@ -268,3 +268,23 @@ def test_every_page_opens_cleanly_in_a_browser(html_dir: Path) -> None:
             browser.close()
     assert not report, "pages with problems in a browser:\n" + "\n".join(
         f"{name}:\n  " + "\n  ".join(problems[:10]) for name, problems in report.items())
+
+
+COLAB_LINK = re.compile(r'https://colab\.research\.google\.com/github/[^/"]+/[^/"]+/blob/[^/"]+/([^"]+)')
+
+
+@pytest.mark.parametrize("html_dir", DIRS, ids=lambda d: str(d.relative_to(ROOT)) if d.is_relative_to(ROOT) else str(d))
+def test_launch_buttons_open_the_chapters_notebooks(html_dir: Path) -> None:
+    """Every chapter's Colab button opens its generated .ipynb (which exists in the repository); pages without such
+    a copy (the generated back matter) have no launch button."""
+    chapters = sorted((html_dir / "chapters").glob("*.html"))
+    assert chapters, f"no chapter pages in {html_dir}"
+    for page in chapters:
+        links = COLAB_LINK.findall(page.read_text(encoding="utf-8", errors="replace"))
+        assert links, f"{page.name} has no Colab launch button"
+        for rel in set(links):
+            assert rel.endswith(".ipynb") and (ROOT / rel).is_file(), f"{page.name}: Colab opens {rel}, not a notebook"
+    for page in pages(html_dir):
+        if page.parent.name != "chapters":
+            assert not COLAB_LINK.search(page.read_text(encoding="utf-8", errors="replace")), \
+                f"{page.relative_to(html_dir)} has a launch button but no notebook copy"

@@ -118,3 +118,79 @@ def test_most_damaging_head_against_one_forward_per_head(lm, inputs):
     wrong = max(changes, key=changes.get)
     assert_three_ways(exercises.check_most_damaging_head, right, wrong, lm=lm, features=feats,
                       decoder_input_ids=ids, reference_cache=noise, start=start)
+
+
+def test_compression_ratio():
+    import zlib
+
+    text = "I went to the store. " * 6
+    right = len(text.encode()) / len(zlib.compress(text.encode()))
+    result = exercises.check_compression_ratio(right, text)
+    assert result.ok and "above" in result.message
+    assert exercises.check_compression_ratio(..., text).ok is None
+    with pytest.raises(WrongAnswer):
+        exercises.check_compression_ratio(len(text) / 10, text)
+
+
+def test_logit_difference_against_the_logits(lm, inputs):
+    feats, _, ids = inputs
+    with torch.no_grad():
+        logits = lm.model(feats[:1], decoder_input_ids=ids[:1]).logits
+    right = float(logits[0, 3, 5] - logits[0, 3, 2])
+    wrong = float(logits[0, 4, 5] - logits[0, 4, 2])  # one position late: the classic off-by-one
+    assert abs(right - wrong) > 1e-3
+    assert_three_ways(exercises.check_logit_difference, right, wrong, lm=lm, features=feats[:1],
+                      decoder_input_ids=ids[:1], position=3, spoken=5, expected=2)
+
+
+@pytest.mark.real
+def test_encoder_layer_transcript_by_hand_on_real_tiny_en():
+    from asrinterp_utils.data import asterisk_prompts, clip_audio
+    from asrinterp_utils.models import load_model
+
+    tiny = load_model("tiny.en")
+    wave = clip_audio(asterisk_prompts(min_words=6, max_duration_s=8.0, progress=False).path.iloc[0])
+    layer = tiny.dims.n_encoder_layers - 1
+    feats, _ = tiny.features([wave])
+    with torch.no_grad(), cache_activations(tiny, f"enc.{layer}.resid_post") as cached:
+        tiny.model.model.encoder(feats)
+    with torch.no_grad():  # the cache is filled when its block ends
+        states = tiny.model.model.encoder.layer_norm(cached[f"enc.{layer}.resid_post"])
+        ids = tiny.decode_greedy(states, max_new_tokens=32)
+    right = tiny.tokenizer.decode(tiny.text_ids(ids)[0], skip_special_tokens=True).strip()
+    assert right == tiny.transcribe([wave], max_new_tokens=32)[0].strip()  # the last layer is the normal transcript
+    assert_three_ways(exercises.check_encoder_layer_transcript, right, right + " extra", lm=tiny, wave=wave,
+                      layer=layer, max_new_tokens=32)
+
+
+def test_snr_mix():
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    speech = rng.standard_normal(16000).astype(np.float32) * 0.1
+    noise = rng.standard_normal(16000).astype(np.float32)
+    scale = np.sqrt(np.mean(speech.astype(np.float64) ** 2) / np.mean(noise.astype(np.float64) ** 2)) / 10 ** (5 / 20)
+    right = speech + scale * noise
+    assert_three_ways(exercises.check_snr_mix, right, speech + 2 * scale * noise, speech=speech, snr_db=5)
+    with pytest.raises(WrongAnswer, match="nothing was added"):
+        exercises.check_snr_mix(speech.copy(), speech, snr_db=5)
+
+
+def test_probe_accuracy_against_a_hand_written_cross_validation():
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(10), 6)
+    y = np.where(groups % 2 == 0, "a", "b")
+    X = rng.standard_normal((60, 8)) + (y == "a")[:, None] * 0.8
+    from sklearn.model_selection import GroupKFold
+
+    accuracies = []  # the scaler fitted on each training fold only, by hand
+    for train, test in GroupKFold(5).split(X, y, groups):
+        scaler = StandardScaler().fit(X[train])
+        model = LogisticRegression(C=1.0, max_iter=2000).fit(scaler.transform(X[train]), y[train])
+        accuracies.append(model.score(scaler.transform(X[test]), y[test]))
+    right = float(np.mean(accuracies))
+    assert_three_ways(exercises.check_probe_accuracy, right, right - 0.1, features=X, labels=y, groups=groups)
