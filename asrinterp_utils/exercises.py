@@ -260,3 +260,21 @@ def check_probe_accuracy(answer: float | Any, features: Any, labels: Any, groups
                     "(which also tunes C inside each fold) and with its shuffled-label control.",
                     f"got {answer}, expected {truth:.4f}; standardise inside the pipeline (not before the split), "
                     f"C={C}, GroupKFold({n_splits}) with the speakers as groups")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Chapter 6: predicting hallucinations
+# ---------------------------------------------------------------------------------------------------------------
+
+def check_word_error_rate(answer: float | Any, reference: str, hypothesis: str) -> CheckResult:
+    """Exercise 6.1: the word error rate of ``hypothesis`` against ``reference``, both normalised with
+    :func:`~asrinterp_utils.metrics.normalize_text` (word-level edit distance over the reference's length)."""
+    from .metrics import normalize_text, word_error_rate
+
+    truth = word_error_rate(reference, hypothesis)
+    ok = not _unanswered(answer) and abs(float(answer) - truth) < 1e-9
+    n = len(normalize_text(reference).split())
+    return _verdict("Exercise 6.1", answer, ok,
+                    f"{truth:.3f}: {round(truth * n)} word edits over {n} reference words.",
+                    f"got {answer}, expected {truth:.4f}; count substitutions, deletions and insertions on the "
+                    "normalised word lists and divide by the number of reference words")

@@ -194,3 +194,8 @@ def test_probe_accuracy_against_a_hand_written_cross_validation():
         accuracies.append(model.score(scaler.transform(X[test]), y[test]))
     right = float(np.mean(accuracies))
     assert_three_ways(exercises.check_probe_accuracy, right, right - 0.1, features=X, labels=y, groups=groups)
+
+
+def test_word_error_rate():
+    reference, hypothesis = "The cat sat on the mat.", "the cat sit on the mat mat"
+    assert_three_ways(exercises.check_word_error_rate, 2 / 6, 1 / 6, reference=reference, hypothesis=hypothesis)
