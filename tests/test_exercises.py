@@ -80,21 +80,22 @@ def test_lens_equals_logits():
     assert_three_ways(exercises.check_lens_equals_logits, 3e-6, 0.2)
 
 
+def hand_logprob(logits, ids, start):
+    """Per clip, the mean log-probability of the tokens from position ``start`` on, each predicted from the
+    position before it: what ``patching.token_logprob`` computes, written out by hand."""
+    return logits.log_softmax(-1)[:, start - 1:-1].gather(-1, ids[:, start:, None]).squeeze(-1).mean(-1)
+
+
 def test_single_patch_against_one_hooked_forward(lm, inputs):
     feats, noise_feats, ids = inputs
     start = 2
     with torch.no_grad():
         with cache_activations(lm, "dec.*") as noise:
             lm.model(noise_feats, decoder_input_ids=ids)
-        clean = lm.model(feats, decoder_input_ids=ids).logits.log_softmax(-1)
+        clean = lm.model(feats, decoder_input_ids=ids).logits
         with hooks.patch(lm, {"dec.1.cross_attn_out": hooks.replace(noise)}):
-            patched = lm.model(feats, decoder_input_ids=ids).logits.log_softmax(-1)
-    target = ids[:, start:]  # the tokens from position `start` on, each predicted from the position before it
-
-    def score(logprobs):
-        return logprobs[:, start - 1:-1].gather(-1, target[..., None]).squeeze(-1).mean(-1)
-
-    right = float((score(patched) - score(clean)).mean())
+            patched = lm.model(feats, decoder_input_ids=ids).logits
+    right = float((hand_logprob(patched, ids, start) - hand_logprob(clean, ids, start)).mean())
     assert_three_ways(exercises.check_single_patch, right, right + 0.5, lm=lm, features=feats,
                       decoder_input_ids=ids, reference_cache=noise, point="dec.1.cross_attn_out", start=start)
 
@@ -105,8 +106,7 @@ def test_most_damaging_head_against_one_forward_per_head(lm, inputs):
     with torch.no_grad():
         with cache_activations(lm, "dec.*.cross_head_out") as noise:
             lm.model(noise_feats, decoder_input_ids=ids)
-        metric = lambda logits: logits.log_softmax(-1)[:, start - 1:-1].gather(  # noqa: E731
-            -1, ids[:, start:, None]).squeeze(-1).mean()
+        metric = lambda logits: hand_logprob(logits, ids, start).mean()  # noqa: E731 (rows have equal lengths)
         base = metric(lm.model(feats, decoder_input_ids=ids).logits)
         changes = {}
         for layer in range(lm.dims.n_decoder_layers):
