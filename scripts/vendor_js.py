@@ -13,7 +13,9 @@ into ``_build/html/_static/``:
                                  MathJax.Hub.Queue shim so widget labels typeset with MathJax 3
       embed-amd.js               @jupyter-widgets/html-manager 1.0.15, dist/embed-amd.js
       *.woff2 *.woff *.ttf ...   the Font Awesome fonts embed-amd.js loads relative to the assets path
-      @jupyter-widgets/html-manager/dist/   the same fonts again, for loaders that resolve by package path
+      @jupyter-widgets/          the same fonts again: the AMD modules embed-amd.js defines (``@jupyter-widgets/
+      @jupyter-widgets/html-manager/dist/   base``, ``.../controls``, ``.../html-manager/dist/libembed-amd``) each
+                                 load them relative to their own RequireJS address (``module_dirs``)
       mathjax/                   mathjax 3.2.2 es5/ (``mathjax_path: mathjax/tex-mml-chtml.js``)
 
 The folder must not be called ``_static``: Jupyter Book 1 injects every ``.js`` file found in a ``_static`` folder
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -107,6 +110,23 @@ def npm_ci() -> None:
     subprocess.run(cmd, cwd=ROOT, check=True)
 
 
+AMD_DEFINE = re.compile(r'define\("([^"]+)"')
+
+
+def module_dirs(embed_amd: str) -> list[str]:
+    """The folders, relative to the RequireJS ``baseUrl``, from which the named AMD modules in ``embed-amd.js`` load
+    their fonts.
+
+    Each webpack bundle inside ``embed-amd.js`` sets its public path from its RequireJS module address
+    (``baseUrl + name + ".js"``), so ``@jupyter-widgets/controls`` asks for ``_static/@jupyter-widgets/<font>``.
+    Which bundle's ``@font-face`` rule wins depends on load order, so every such folder needs the fonts.
+    >>> module_dirs('define("@jupyter-widgets/base",[],f);define("@jupyter-widgets/html-manager/dist/libembed-amd",')
+    ['@jupyter-widgets', '@jupyter-widgets/html-manager/dist']
+    """
+    names = AMD_DEFINE.findall(embed_amd)
+    return sorted({name.rsplit("/", 1)[0] for name in names if "/" in name})
+
+
 def build(dest: Path) -> None:
     """Lay out the vendored folder in ``dest`` (which must not exist)."""
     dest.mkdir(parents=True)
@@ -117,11 +137,11 @@ def build(dest: Path) -> None:
     fonts = sorted(p for p in dist.iterdir() if p.suffix in FONT_SUFFIXES)
     if not fonts:
         sys.exit(f"vendor_js: no font files found in {dist}")
-    pkg_dist = dest / "@jupyter-widgets" / "html-manager" / "dist"
-    pkg_dist.mkdir(parents=True)
-    for font in fonts:
-        shutil.copy2(font, dest / font.name)
-        shutil.copy2(font, pkg_dist / font.name)
+    font_dirs = [dest] + [dest / folder for folder in module_dirs((dist / "embed-amd.js").read_text())]
+    for folder in font_dirs:
+        folder.mkdir(parents=True, exist_ok=True)
+        for font in fonts:
+            shutil.copy2(font, folder / font.name)
 
     # MathJax loads its components and fonts relative to its own script, so the whole es5/ tree goes along,
     # except latest.js, whose only job is to fetch MathJax from a CDN.

@@ -139,9 +139,16 @@ def test_vendored_javascript_is_present(html_dir: Path) -> None:
     for name in VENDORED + ("mathjax/tex-mml-chtml.js",):
         path = static / name
         assert path.is_file() and path.stat().st_size > 0, f"{path} missing: run scripts/vendor_js.py and rebuild"
-    fonts = list(static.glob("*.woff2"))
+    fonts = sorted(p.name for p in static.glob("*.woff2"))
     assert fonts, "the ipywidgets Font Awesome fonts are missing next to embed-amd.js"
-    assert (static / "@jupyter-widgets" / "html-manager" / "dist" / fonts[0].name).is_file()
+    # Every AMD module in embed-amd.js loads the fonts relative to its own address (a missing copy failed CI once,
+    # on a page where the controls bundle's @font-face rule won the race).
+    names = re.findall(r'define\("([^"]+)"', (static / "embed-amd.js").read_text(encoding="utf-8"))
+    folders = {name.rsplit("/", 1)[0] for name in names if "/" in name}
+    assert "@jupyter-widgets" in folders, names
+    missing = [f"{folder}/{font}" for folder in sorted(folders) for font in fonts
+               if not (static / folder / font).is_file()]
+    assert not missing, f"fonts missing where the widget modules load them: {missing}; rerun scripts/vendor_js.py"
 
 
 @pytest.mark.parametrize("html_dir", DIRS, ids=lambda d: str(d.relative_to(ROOT)) if d.is_relative_to(ROOT) else str(d))
