@@ -57,6 +57,16 @@ def _verdict(exercise: str, answer: Any, right: bool, why: str, wrong: str) -> C
     return CheckResult(exercise, True, why)
 
 
+def _patch_change(lm: Any, features: torch.Tensor, decoder_input_ids: torch.Tensor, source_cache: Any, point: str,
+                  metric: Any) -> float:
+    """Mean over clips of ``metric`` patched minus clean, hook point ``point`` taking its value from ``source_cache``,
+    computed by :func:`~asrinterp_utils.patching.run_sweep` (a different code path from a hand-written patch)."""
+    from .patching import component_targets, run_sweep
+
+    sweep = run_sweep(lm, features, decoder_input_ids, component_targets(lm, point, source=source_cache), metric)
+    return float((sweep.values[0] - sweep.baseline).mean())
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Chapter 1: Whisper from the inside
 # ---------------------------------------------------------------------------------------------------------------
@@ -128,11 +138,9 @@ def check_single_patch(answer: float | Any, lm: Any, features: torch.Tensor, dec
     clean, averaged over clips) when hook point ``point`` takes its value from ``reference_cache``. Checked against
     :func:`~asrinterp_utils.patching.run_sweep`, a different code path from the one-patch forward the exercise asks
     for."""
-    from .patching import component_targets, run_sweep, token_logprob
+    from .patching import token_logprob
 
-    sweep = run_sweep(lm, features, decoder_input_ids, component_targets(lm, point, source=reference_cache),
-                      token_logprob(start))
-    truth = float((sweep.values[0] - sweep.baseline).mean())
+    truth = _patch_change(lm, features, decoder_input_ids, reference_cache, point, token_logprob(start))
     ok = not _unanswered(answer) and abs(float(answer) - truth) < 1e-3 * max(1.0, abs(truth))
     return _verdict("Exercise 7.1", answer, ok,
                     f"patching `{point}` from the reference changes the mean log-probability by {truth:+.3f} nats.",
@@ -177,6 +185,34 @@ def check_encoder_layer_transcript(answer: str | Any, lm: Any, wave: Any, layer:
                     "`encoder.layer_norm`, greedily, with the same token limit")
 
 
+def check_layer_similarity(answer: Sequence[float] | Any, lm: Any, wave: Any) -> CheckResult:
+    """Exercise 4.2: for each encoder layer ``L``, the cosine similarity between ``encoder.layer_norm`` of
+    ``enc.{L}.resid_post`` and the encoder's output, per frame, averaged over the clip's real frames (``wave``
+    ``(n_samples,)`` at 16 kHz). One value per layer; the last is 1."""
+    from .audio import n_encoder_frames
+    from .cache import cache_activations
+    from .hooks import whisper_core
+
+    encoder = whisper_core(lm).encoder
+    feats, _ = lm.features([wave])
+    with torch.no_grad(), cache_activations(lm, "enc.*.resid_post") as cache:
+        output = encoder(feats).last_hidden_state[0]  # (frames, d_model)
+    n = n_encoder_frames(len(wave))
+    truth = []
+    with torch.no_grad():
+        for layer in range(lm.dims.n_encoder_layers):
+            lensed = encoder.layer_norm(cache[f"enc.{layer}.resid_post"][0])
+            truth.append(float(torch.nn.functional.cosine_similarity(lensed[:n], output[:n], dim=-1).mean()))
+    given = None if _unanswered(answer) else [float(a) for a in answer]
+    ok = given is not None and len(given) == len(truth) and all(abs(g - t) < 1e-3 for g, t in zip(given, truth))
+    shown = ", ".join(f"{t:.3f}" for t in truth)
+    return _verdict("Exercise 4.2", answer, ok,
+                    f"similarity to the output by layer: {shown}. Compare it with the WER curve: how close must a "
+                    "layer be before the decoder can read it?",
+                    f"got {given}, expected [{shown}]; apply `encoder.layer_norm` to every layer, compare each frame "
+                    f"with the same frame of the output, and average over the first {n} (real) frames only")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Chapter 8: repetition hallucinations
 # ---------------------------------------------------------------------------------------------------------------
@@ -192,6 +228,33 @@ def check_compression_ratio(answer: float | Any, text: str) -> CheckResult:
                     f"{truth:.2f}, {flag} Whisper's threshold of {COMPRESSION_RATIO_THRESHOLD}.",
                     f"got {answer}, expected {truth:.4f}; divide the length of `text.encode('utf-8')` by the length "
                     "of its `zlib.compress`")
+
+
+def check_longest_repeat(answer: tuple[Sequence[str] | str, int] | Any, text: str, max_n: int = 8) -> CheckResult:
+    """Exercise 8.2: ``answer = (ngram, repeats)``: an n-gram of at most ``max_n`` words (a tuple of words or one
+    string) that ``text`` repeats back to back ``repeats`` times, on :func:`~asrinterp_utils.metrics.normalize_text`
+    words, with ``repeats`` the largest such count. Ties between n-grams are all right."""
+    from .metrics import longest_repeat, normalize_text
+
+    words = normalize_text(text).split()
+    truth = longest_repeat(words, max_n)
+    if _unanswered(answer):
+        return _verdict("Exercise 8.2", answer, False, "", "")
+    try:
+        ngram, repeats = answer
+    except (TypeError, ValueError):
+        raise WrongAnswer("Exercise 8.2: give a pair (ngram, repeats), e.g. (('to', 'the', 'night'), 3)") from None
+    gram = tuple(normalize_text(ngram).split()) if isinstance(ngram, str) else tuple(str(w) for w in ngram)
+    n = len(gram)
+    found = n > 0 and any(words[i:i + n * int(repeats)] == list(gram) * int(repeats)
+                          for i in range(len(words) - n * int(repeats) + 1))
+    ok = 0 < n <= max_n and int(repeats) == truth.repeats and found
+    return _verdict("Exercise 8.2", answer, ok,
+                    f"“{' '.join(truth.ngram)}” {truth.repeats} times in a row (from word {truth.start}); "
+                    "`metrics.is_repetitive` calls four or more a loop.",
+                    f"got {' '.join(gram)!r} x {repeats}; the most back-to-back repeats of an n-gram of up to {max_n} "
+                    f"words is {truth.repeats} (e.g. {' '.join(truth.ngram)!r})"
+                    + ("" if found or not n else "; your n-gram does not occur that many times in a row"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -213,6 +276,26 @@ def check_logit_difference(answer: float | Any, lm: Any, features: torch.Tensor,
                     " at that position.",
                     f"got {answer}, expected {truth:+.3f}; read the logits at the position that *predicts* the word "
                     "(one before it), and subtract the expected word's first token from the spoken word's")
+
+
+def check_noise_patch(answer: float | Any, lm: Any, features: torch.Tensor, decoder_input_ids: torch.Tensor,
+                      noise_wave: Any, point: str, position: int, spoken: int, expected: int) -> CheckResult:
+    """Exercise 9.2: the change in one clip's logit difference (as in 9.1; patched minus clean) when the encoder's
+    hook point ``point`` takes its value from a run on ``noise_wave`` ``(n_samples,)``."""
+    from .cache import cache_activations
+    from .hooks import whisper_core
+    from .patching import logit_diff
+
+    noise_feats, _ = lm.features([noise_wave])
+    with torch.no_grad(), cache_activations(lm, point) as noise:
+        whisper_core(lm).encoder(noise_feats)
+    truth = _patch_change(lm, features, decoder_input_ids, noise, point, logit_diff(position, spoken, expected))
+    ok = not _unanswered(answer) and abs(float(answer) - truth) < 1e-3 * max(1.0, abs(truth))
+    return _verdict("Exercise 9.2", answer, ok,
+                    f"{truth:+.2f}: the noise patch {'raises' if truth > 0 else 'lowers'} the logit difference "
+                    f"(towards the {'spoken' if truth > 0 else 'expected'} word, or away from the spoken one).",
+                    f"got {answer}, expected {truth:+.3f}; cache `{point}` on the noise clip's features, replace it "
+                    "in the clean run, and subtract the clean logit difference from the patched one")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -239,6 +322,32 @@ def check_snr_mix(answer: Any, speech: Any, snr_db: float) -> CheckResult:
                     f"rms(speech) / rms(noise) / 10 ** ({snr_db} / 20)")
 
 
+def check_speaker_split(answer: Sequence[str] | Any, table: Any, label: str, *, speaker: str = "speaker",
+                        test_share: tuple[float, float] = (0.2, 0.5)) -> CheckResult:
+    """Exercise 2.2: ``answer`` names the test speakers of ``table`` (one row per clip). Right when the test set
+    holds a share of the clips within ``test_share`` and every value of ``label`` is on both sides (so a probe can
+    be trained and tested on each class). Speaker-disjoint by construction: a speaker is on one side only."""
+    if _unanswered(answer):
+        return _verdict("Exercise 2.2", answer, False, "", "")
+    chosen = {str(a) for a in ([answer] if isinstance(answer, str) else answer)}
+    speakers = set(table[speaker].astype(str))
+    unknown = sorted(chosen - speakers)
+    if unknown:
+        raise WrongAnswer(f"Exercise 2.2: not speakers of this table: {unknown[:5]}")
+    test = table[speaker].astype(str).isin(chosen)
+    share = float(test.mean())
+    missing = [f"{value!r} has no {side} speaker" for value in sorted(table[label].unique())
+               for side, rows in (("test", test), ("training", ~test)) if not (table[label][rows] == value).any()]
+    low, high = test_share
+    problems = missing + ([] if low <= share <= high else [f"the test set holds {share:.0%} of the clips, not "
+                                                           f"{low:.0%} to {high:.0%}"])
+    return _verdict("Exercise 2.2", answer, not problems,
+                    f"{len(chosen)} of {len(speakers)} speakers, {int(test.sum())} clips ({share:.0%}) in the test set, "
+                    f"every {label} on both sides. A split of clips at random would put each voice on both sides, "
+                    "and a probe could score by recognising the voice.",
+                    "; ".join(problems))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Chapter 5: probing the encoder
 # ---------------------------------------------------------------------------------------------------------------
@@ -262,6 +371,28 @@ def check_probe_accuracy(answer: float | Any, features: Any, labels: Any, groups
                     f"C={C}, GroupKFold({n_splits}) with the speakers as groups")
 
 
+def check_real_frame_mean(answer: Any, lm: Any, wave: Any, point: str) -> CheckResult:
+    """Exercise 5.2: the mean of hook point ``point`` (an encoder point, ``(frames, d_model)`` per clip) over the
+    real frames of ``wave`` ``(n_samples,)`` only: a ``(d_model,)`` vector. Checked against
+    :func:`~asrinterp_utils.extract.pool_batch`, which pools on the fly inside the hook."""
+    from .extract import pool_batch
+
+    with torch.no_grad():
+        pooled, n_frames = pool_batch(lm, [wave], [point])
+    truth = pooled[0, 0].double()
+    if _unanswered(answer):
+        return _verdict("Exercise 5.2", answer, False, "", "")
+    given = torch.as_tensor(answer).double().reshape(-1).cpu()
+    if given.shape != truth.shape:
+        raise WrongAnswer(f"Exercise 5.2: expected a vector of {truth.numel()} values (d_model), got shape "
+                          f"{tuple(torch.as_tensor(answer).shape)}")
+    error = float((given - truth).abs().max() / truth.abs().max())
+    return _verdict("Exercise 5.2", answer, error < 1e-4,
+                    f"the mean over {int(n_frames[0])} real frames (of 1,500), to {error:.0e} relative error.",
+                    f"off by up to {error:.1%} of the largest value; average only the first {int(n_frames[0])} "
+                    "frames (the clip), not the padding that fills the 30 s window")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Chapter 6: predicting hallucinations
 # ---------------------------------------------------------------------------------------------------------------
@@ -278,3 +409,21 @@ def check_word_error_rate(answer: float | Any, reference: str, hypothesis: str) 
                     f"{truth:.3f}: {round(truth * n)} word edits over {n} reference words.",
                     f"got {answer}, expected {truth:.4f}; count substitutions, deletions and insertions on the "
                     "normalised word lists and divide by the number of reference words")
+
+
+def check_transcript_logprob(answer: float | Any, lm: Any, features: torch.Tensor, decoder_input_ids: torch.Tensor,
+                             start: int) -> CheckResult:
+    """Exercise 6.2: the mean log-probability the model gives the teacher-forced tokens ``decoder_input_ids[0,
+    start:]`` (one clip; ``features`` ``(1, mels, 3000)``), each predicted from the position before it: Whisper's
+    ``avg_logprob``, up to whether the end-of-text token is counted."""
+    from .patching import token_logprob
+
+    with torch.no_grad():
+        logits = lm.model(features, decoder_input_ids=decoder_input_ids).logits
+    truth = float(token_logprob(start)(logits, decoder_input_ids)[0])
+    ok = not _unanswered(answer) and abs(float(answer) - truth) < 1e-3
+    flag = "below" if truth < -1 else "above"
+    return _verdict("Exercise 6.2", answer, ok,
+                    f"{truth:.3f} nats per token, {flag} Whisper's fallback threshold of -1.",
+                    f"got {answer}, expected {truth:.4f}; take `log_softmax` of the logits at positions start-1 ... "
+                    "T-2 (each predicts the next token), read the log-probability of the token that follows, average")

@@ -62,20 +62,30 @@ def _clean(nb: nbformat.NotebookNode) -> None:
 
 
 def _assigned_names(source: str) -> list[str]:
-    """Names a cell assigns at top level, in order (``answer = ...``, ``a, b = ...``, ``def f``)."""
+    """Names a cell assigns outside functions, in order (``answer = ...``, ``a, b = ...``, ``def f``, and
+    assignments inside ``with``/``for``/``if``/``try`` blocks)."""
     names: list[str] = []
-    for node in ast.parse(source).body:
-        targets = []
-        if isinstance(node, ast.Assign):
-            targets = node.targets
-        elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
-            targets = [node.target]
-        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-            names.append(node.name)
-        for t in targets:
-            for n in ast.walk(t):
-                if isinstance(n, ast.Name) and n.id not in names:
-                    names.append(n.id)
+
+    def visit(body: list[ast.stmt]) -> None:
+        for node in body:
+            targets = []
+            if isinstance(node, ast.Assign):
+                targets = node.targets
+            elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
+                targets = [node.target]
+            elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                names.append(node.name)
+                continue
+            for t in targets:
+                for n in ast.walk(t):
+                    if isinstance(n, ast.Name) and n.id not in names:
+                        names.append(n.id)
+            for block in ("body", "orelse", "finalbody"):
+                visit(getattr(node, block, []) or [])
+            for handler in getattr(node, "handlers", []) or []:
+                visit(handler.body)
+
+    visit(ast.parse(source).body)
     return names
 
 

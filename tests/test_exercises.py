@@ -199,3 +199,105 @@ def test_probe_accuracy_against_a_hand_written_cross_validation():
 def test_word_error_rate():
     reference, hypothesis = "The cat sat on the mat.", "the cat sit on the mat mat"
     assert_three_ways(exercises.check_word_error_rate, 2 / 6, 1 / 6, reference=reference, hypothesis=hypothesis)
+
+
+def test_speaker_split():
+    import pandas as pd
+
+    table = pd.DataFrame({"speaker": [f"s{i}" for i in range(8) for _ in range(5)],
+                          "gender": ["female" if i < 4 else "male" for i in range(8) for _ in range(5)]})
+    right = ["s0", "s5"]  # 10 of 40 clips, one speaker of each gender
+    assert_three_ways(exercises.check_speaker_split, right, ["s0", "s1"], table=table, label="gender")
+    with pytest.raises(WrongAnswer, match="no test speaker"):
+        exercises.check_speaker_split(["s0", "s1", "s2"], table, "gender")
+    with pytest.raises(WrongAnswer, match="holds 12%"):
+        exercises.check_speaker_split(["s0"], table, "gender", test_share=(0.2, 0.5))
+    with pytest.raises(WrongAnswer, match="not speakers"):
+        exercises.check_speaker_split(["nobody"], table, "gender")
+
+
+def test_layer_similarity_against_the_encoders_hidden_states():
+    from asrinterp_utils.audio import n_encoder_frames
+
+    from ._toy_lm import toy_clip
+
+    lm = toy_loaded_model(seed=3)
+    with torch.no_grad():  # the random-init encoder layers barely move the residual stream: make them write more
+        for layer in lm.model.model.encoder.layers:
+            layer.fc2.weight.mul_(40)
+            layer.self_attn.out_proj.weight.mul_(40)
+    wave = toy_clip(1)[:8000]  # 0.5 s of the 3 s toy window: most frames are padding
+    feats, _ = lm.features([wave])
+    encoder = lm.model.model.encoder
+    with torch.no_grad():
+        out = encoder(feats, output_hidden_states=True)
+        # hidden_states: the embeddings, then each layer's output; the last one has the final LayerNorm applied
+        layers = [encoder.layer_norm(h[0]) for h in out.hidden_states[1:-1]] + [out.hidden_states[-1][0]]
+        final = out.last_hidden_state[0]
+    n = n_encoder_frames(len(wave))
+    right = [float(torch.nn.functional.cosine_similarity(h[:n], final[:n], dim=-1).mean()) for h in layers]
+    assert abs(right[-1] - 1) < 1e-5
+    all_frames = [float(torch.nn.functional.cosine_similarity(h, final, dim=-1).mean()) for h in layers]
+    assert max(abs(a - b) for a, b in zip(right, all_frames)) > 1e-3  # the padding frames change the answer
+    assert_three_ways(exercises.check_layer_similarity, right, all_frames, lm=lm, wave=wave)
+
+
+def test_real_frame_mean_against_a_full_cache(lm):
+    from asrinterp_utils.audio import n_encoder_frames
+
+    from ._toy_lm import toy_clip
+
+    wave = toy_clip(2)
+    feats, _ = lm.features([wave])
+    with torch.no_grad(), cache_activations(lm, "enc.1.resid_post") as cache:
+        lm.model.model.encoder(feats)
+    acts = cache["enc.1.resid_post"][0]  # (frames, d_model)
+    n = n_encoder_frames(len(wave))
+    assert n < acts.shape[0]
+    right, wrong = acts[:n].mean(0), acts.mean(0)  # real frames only / the padding too
+    assert_three_ways(exercises.check_real_frame_mean, right.numpy(), wrong, lm=lm, wave=wave,
+                      point="enc.1.resid_post")
+    with pytest.raises(WrongAnswer, match="vector of 16"):
+        exercises.check_real_frame_mean(acts[:n], lm, wave, "enc.1.resid_post")
+
+
+def test_transcript_logprob_against_the_logits(lm, inputs):
+    feats, _, ids = inputs
+    with torch.no_grad():
+        logits = lm.model(feats[:1], decoder_input_ids=ids[:1]).logits
+    right = float(hand_logprob(logits, ids[:1], 2)[0])
+    wrong = float(torch.log_softmax(logits[0, 2:], -1).gather(-1, ids[0, 2:, None]).mean())  # off by one position
+    assert abs(right - wrong) > 1e-3
+    assert_three_ways(exercises.check_transcript_logprob, right, wrong, lm=lm, features=feats[:1],
+                      decoder_input_ids=ids[:1], start=2)
+
+
+def test_longest_repeat():
+    text = "So I said, to the night, to the night, to the night, to the night. And then."
+    assert_three_ways(exercises.check_longest_repeat, (("to", "the", "night"), 4), (("to", "the", "night"), 3),
+                      text=text)
+    ends_mid_loop = "to the night to the night to the night to"
+    assert exercises.check_longest_repeat(("the night to", 3), ends_mid_loop).ok  # a tie (a rotation): also right
+    with pytest.raises(WrongAnswer, match="does not occur"):
+        exercises.check_longest_repeat(("and then", 4), text)
+    with pytest.raises(WrongAnswer, match="a pair"):
+        exercises.check_longest_repeat("to the night", text)
+
+
+def test_noise_patch_against_one_hooked_forward(lm, inputs):
+    from ._toy_lm import toy_clip
+
+    feats, _, ids = inputs
+    noise_wave = toy_clip(0, seed=5)
+    noise_feats, _ = lm.features([noise_wave])
+    with torch.no_grad():
+        with cache_activations(lm, "enc.1.resid_post") as noise:
+            lm.model.model.encoder(noise_feats)
+        clean = lm.model(feats[:1], decoder_input_ids=ids[:1]).logits[0, 3]
+        with hooks.patch(lm, {"enc.1.resid_post": hooks.replace(noise)}):
+            patched = lm.model(feats[:1], decoder_input_ids=ids[:1]).logits[0, 3]
+    right = float((patched[5] - patched[2]) - (clean[5] - clean[2]))
+    assert abs(right) > 1e-3  # the patch matters in the toy
+    assert_three_ways(exercises.check_noise_patch, right, float(patched[5] - patched[2]), lm=lm,
+                      features=feats[:1], decoder_input_ids=ids[:1], noise_wave=noise_wave, point="enc.1.resid_post",
+                      position=3, spoken=5, expected=2)

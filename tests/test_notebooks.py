@@ -56,3 +56,9 @@ def test_student_versions_of_the_chapters_stub_only_the_answer():
                 assert stubs == ["answer = ..."], f"{source.name}: {stubs}"
         assert not any("solution" in c.metadata.get("tags", []) for c in nb.cells)
     assert n_exercises >= 6
+
+
+def test_names_assigned_inside_blocks_are_found():
+    source = ("import torch\nwith torch.no_grad():\n    answer = 1\nfor i in range(2):\n    total = i\n"
+              "def f():\n    hidden = 2\n")
+    assert notebooks._assigned_names(source) == ["answer", "total", "f"]  # not a function's locals
