@@ -27,13 +27,30 @@ ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS = ROOT / "chapters"
 REPOSITORY = "https://github.com/asrinterp/beyond-transcription-book"
 
-COLAB_CELL = f'''\
-# Running on Google Colab? This cell installs the book's package and the speech tools the chapter needs (a few
-# minutes, once per session). Anywhere else it does nothing: there, `make setup` has installed everything.
+
+
+def apt_packages(makefile: Path = ROOT / "Makefile") -> list[str]:
+    """The Debian packages ``make setup`` installs (``APT_PACKAGES`` in the Makefile, continuation lines joined):
+    the recordings, voices and audio tools. The Colab cell installs the same list, so the two cannot drift."""
+    text = makefile.read_text(encoding="utf-8").replace("\\\n", " ")
+    for line in text.splitlines():
+        if line.startswith("APT_PACKAGES") and ":=" in line:
+            return line.split(":=", 1)[1].split()
+    raise ValueError(f"no APT_PACKAGES := ... line in {makefile}")
+
+
+def colab_cell(packages: list[str] | None = None) -> str:
+    """The first cell of every Colab copy: on Colab, install the system packages (all at once, else one by one,
+    naming any that the image's Ubuntu lacks: the data functions then say which source is missing) and the
+    package; anywhere else, nothing."""
+    pkgs = " ".join(apt_packages() if packages is None else packages)
+    return f'''\
+# Running on Google Colab? This cell installs the book's package and the recordings, voices and audio tools the
+# chapter needs (a few minutes, once per session). Anywhere else it does nothing: `make setup` installed them.
 import sys
 
 if "google.colab" in sys.modules:
-    !apt-get -qq update > /dev/null && apt-get -qq install -y espeak-ng flite festival festvox-kallpc16k ffmpeg sox > /dev/null
+    !apt-get -qq update > /dev/null; apt-get -qq install -y {pkgs} > /dev/null 2>&1 || for p in {pkgs}; do apt-get -qq install -y $$p > /dev/null 2>&1 || echo "apt-get could not install $$p"; done
     %pip install --quiet "asrinterp-utils[book] @ git+{REPOSITORY}"
 '''
 
@@ -45,7 +62,7 @@ def chapter_sources() -> list[Path]:
 def colab_notebook(source: Path) -> nbformat.NotebookNode:
     """The chapter as a notebook without outputs, after the Colab set-up cell."""
     nb = jupytext.read(source)
-    setup = nbformat.v4.new_code_cell(COLAB_CELL, metadata={"tags": ["colab-setup"]})
+    setup = nbformat.v4.new_code_cell(colab_cell(), metadata={"tags": ["colab-setup"]})
     nb.cells.insert(0, setup)
     _clean(nb)
     nb.metadata.pop("jupytext", None)

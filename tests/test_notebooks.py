@@ -62,3 +62,17 @@ def test_names_assigned_inside_blocks_are_found():
     source = ("import torch\nwith torch.no_grad():\n    answer = 1\nfor i in range(2):\n    total = i\n"
               "def f():\n    hidden = 2\n")
     assert notebooks._assigned_names(source) == ["answer", "total", "f"]  # not a function's locals
+
+
+def test_colab_cell_installs_what_make_setup_installs():
+    packages = notebooks.apt_packages()
+    assert {"asterisk-core-sounds-en", "pocketsphinx-testdata", "espeak-ng", "ffmpeg"} <= set(packages)
+    cell = notebooks.colab_cell()
+    install = next(line for line in cell.splitlines() if "apt-get" in line)
+    assert all(f" {p} " in install for p in packages), "the Colab cell misses packages that make setup installs"
+    assert "$$p" in install  # IPython passes $$ to the shell as $; a single $p would be expanded by IPython
+
+
+def test_binder_installs_what_make_setup_installs():
+    listed = (ROOT / ".binder" / "apt.txt").read_text().split()
+    assert listed == notebooks.apt_packages(), "make .binder/apt.txt the Makefile's APT_PACKAGES, one per line"
