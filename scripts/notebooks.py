@@ -28,7 +28,6 @@ CHAPTERS = ROOT / "chapters"
 REPOSITORY = "https://github.com/asrinterp/beyond-transcription-book"
 
 
-
 def apt_packages(makefile: Path = ROOT / "Makefile") -> list[str]:
     """The Debian packages ``make setup`` installs (``APT_PACKAGES`` in the Makefile, continuation lines joined):
     the recordings, voices and audio tools. The Colab cell installs the same list, so the two cannot drift."""
