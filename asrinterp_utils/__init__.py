@@ -5,6 +5,7 @@ The package behind the executable book "Beyond Transcription, executed". One mod
 ==============  =====================================================================================
 ``models``      :func:`load_model` (embedded tiny.en and base offline; any hub name online)
 ``audio``       16 kHz mono float32 in, validated, with each clip's true length
+``run``         the one place Whisper runs: encode, greedy decoding (patched or not), teacher forcing
 ``hooks``       the hook-point grammar (``enc.3.resid_post``, ``dec.1.cross_head_out``) and :func:`patch`
 ``cache``       :func:`cache_activations`: filtered, pooled over real frames, in memory or on disk
 ``patching``    batched patch sweeps, patched generation beside a reference run, attribution patching
@@ -25,11 +26,12 @@ from .audio import AudioError, load_audio, make_batch
 from .cache import ActivationCache, cache_activations
 from .hooks import HookPointError, add, apply, hook_point_table, mean_ablate, patch, replace, scale, zero
 from .models import LoadedModel, ModelNotAvailableError, load_model
+from .run import encode, generate_ids, greedy, teacher_force, transcribe
 from .runtime import fast_mode
 
 __version__ = "0.1.0"
 __all__ = [
     "ActivationCache", "AudioError", "HookPointError", "LoadedModel", "ModelNotAvailableError", "add", "apply",
     "cache_activations", "fast_mode", "hook_point_table", "load_audio", "load_model", "make_batch", "mean_ablate",
-    "patch", "replace", "scale", "zero",
+    "patch", "replace", "scale", "zero", "encode", "generate_ids", "greedy", "teacher_force", "transcribe",
 ]

@@ -19,7 +19,7 @@ What is pooled
 (``n_valid_frames`` of :meth:`~asrinterp_utils.models.LoadedModel.features`), never over the padding up to 30 s;
 or, with ``spans`` (one ``(start_s, end_s)`` per clip, e.g. a word's timestamps), over that span's frames only.
 
-``side="decoder"``: the model decodes its own greedy hypothesis (``lm.generate_ids(None, encoder_states=...)``,
+``side="decoder"``: the model decodes its own greedy hypothesis (``run.greedy(lm, states)``,
 from the encoder output, so the encoder runs once per batch), then the decoder is teacher-forced on it.
 The pooled span is the *generated tokens*: the text tokens and the closing ``<|endoftext|>`` (absent only
 when the text was cut at ``max_new_tokens``), so it is never empty, not even for an empty transcript. The prompt
@@ -71,6 +71,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import run
 from .cache import cache_activations
 from .hooks import hf_model, resolve_hook_points, whisper_core
 from .models import SAMPLE_RATE, SAMPLES_PER_ENCODER_FRAME, attention_backend
@@ -350,17 +351,16 @@ def _pool_batch(lm: Any, audio: Sequence[np.ndarray], names: Sequence[str], *, s
     """:func:`pool_batch`, plus (decoder side) the generated tokens ``(batch, n_new)`` on the CPU (None for the
     encoder side)."""
     feats, n_frames = lm.features(audio)  # (batch, n_mels, 3000), (batch,)
-    encoder = whisper_core(lm).encoder
     if side == "encoder":
         first = None
         if spans is not None:
             first, n_frames = _span_frames(spans, n_frames)
         with cache_activations(lm, names, pool=pool, n_frames=n_frames, first_frames=first) as cache:
-            encoder(feats)
+            run.encode_features(lm, feats)
         return _stack(cache, names), n_frames - (0 if first is None else first), None
 
-    states = encoder(feats).last_hidden_state  # (batch, frames, d_model)
-    ids = lm.generate_ids(None, max_new_tokens=max_new_tokens, encoder_states=states)  # (batch, n_prompt + n_new), CPU
+    states = run.encode_features(lm, feats)  # (batch, frames, d_model)
+    ids = run.greedy(lm, states, max_new_tokens=max_new_tokens).ids  # (batch, n_prompt + n_new), CPU
     n_prompt = len(lm.prompt_ids())
     n_generated = _generated_lengths(ids[:, n_prompt:], int(hf_model(lm).generation_config.eos_token_id))
     new_ids = ids[:, n_prompt:].cpu()

@@ -332,9 +332,7 @@ def _index_list(sel, n: int, what: str) -> torch.Tensor | None:
 
 
 def _source_tensor(value: Any, point: HookPoint) -> Any:
-    from .cache import ActivationCache  # local import: cache.py imports this module
-
-    if isinstance(value, ActivationCache):
+    if isinstance(value, Mapping) and hasattr(value, "pooled"):  # an ActivationCache (cache.py, built on this module)
         if value.pooled:
             return value[point.name].unsqueeze(1)  # pooled (batch, ...) broadcast over positions
         return value[point.name]
@@ -556,6 +554,8 @@ class HookSession:
                 if index is None:
                     return new
                 return (*output[:index], new, *output[index + 1:])
+            if point.is_pattern:
+                fwd_hook._asrinterp_pattern_side = point.side
             self.handles.append(module.register_forward_hook(_mark(fwd_hook), prepend=prepend))
 
     def _attach_mid_writer(self, point: HookPoint, fn: Writer) -> None:
@@ -608,7 +608,7 @@ def patch(model: Any, interventions: Mapping[str, Union[Intervention, Sequence[I
     order). A tensor or cache given directly instead of an Intervention means :func:`replace`. Example::
 
         with patch(lm, {"dec.2.cross_head_out": replace(noise_cache, heads=[5])}):
-            text = lm.transcribe([clip])
+            text = run.transcribe(lm, [clip])
     """
     plan: list[tuple[HookPoint, list[Intervention]]] = []
     for name, ivs in interventions.items():
@@ -632,6 +632,14 @@ def active_hook_count(model: Any) -> int:
     core = whisper_core(model)
     return sum(getattr(fn, "_asrinterp_hook", False)
                for m in core.modules() for fn in (*m._forward_hooks.values(), *m._forward_pre_hooks.values()))
+
+
+def pattern_hook_sides(model: Any) -> set[str]:
+    """The sides (``"enc"``, ``"dec"``) on which a hook of this package reads an attention pattern: only eager
+    attention computes one, so :mod:`asrinterp_utils.run` keeps eager attention there."""
+    core = whisper_core(model)
+    return {side for m in core.modules() for fn in m._forward_hooks.values()
+            if (side := getattr(fn, "_asrinterp_pattern_side", None))}
 
 
 def _mark(fn):

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import run
 from .cache import cache_activations
 from .hooks import hf_model, whisper_core
 
@@ -85,31 +86,37 @@ def lens_logits(model: Any, residual: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def logit_lens(model: Any, input_features: torch.Tensor, decoder_input_ids: torch.Tensor, *, top_k: int = 5,
-               translator: "TunedLens | None" = None, **model_inputs: Any) -> LogitLensResult:
+def logit_lens(model: Any, input_features: torch.Tensor | None, decoder_input_ids: torch.Tensor, *, top_k: int = 5,
+               translator: "TunedLens | None" = None, encoder_states: torch.Tensor | None = None) -> LogitLensResult:
     """Logit lens over every decoder layer and position, teacher-forced on ``decoder_input_ids`` ``(batch, tokens)``.
 
-    With ``translator`` (a fitted :class:`TunedLens`) each layer's residual first goes through its learned affine
-    map: the tuned lens, with the same statistics.
+    Args:
+        input_features: log-mel ``(batch, n_mels, 3000)``, or None with ``encoder_states``.
+        decoder_input_ids: ``(batch, tokens)``, prompt included.
+        top_k: how many of each layer's top tokens to keep.
+        translator: a fitted :class:`TunedLens`: each layer's residual first goes through its learned affine map
+            (the tuned lens, with the same statistics).
+        encoder_states: ``(batch, 1500, d_model)``, the encoder output if it is known already (e.g. from
+            :func:`asrinterp_utils.run.encode`): the encoder is then not run again.
 
-    One forward pass caches the residual stream; the lens of each layer is then one LayerNorm and one matrix
-    product, computed layer by layer so that memory stays at one ``(batch, tokens, vocab)`` tensor.
+    One teacher-forced decoder pass (:func:`asrinterp_utils.run.teacher_force`) caches the residual stream; the lens
+    of each layer is then one LayerNorm and one matrix product, computed layer by layer so that memory stays at one
+    ``(batch, tokens, vocab)`` tensor. For Qwen2-Audio use :func:`asrinterp_utils.audio_llm.audio_llm_logit_lens`.
     """
-    from .audio_llm import audio_llm_logit_lens, is_audio_llm
-
-    if is_audio_llm(model):
-        if translator is not None:
-            raise ValueError("the tuned lens is fitted for Whisper decoders only")
-        return audio_llm_logit_lens(model, decoder_input_ids, input_features, top_k=top_k, **model_inputs)
-    if model_inputs:
-        raise TypeError(f"unexpected arguments for a Whisper model: {sorted(model_inputs)}")
-    hf = hf_model(model)
+    if not hasattr(hf_model(model), "proj_out"):
+        raise TypeError(f"logit_lens reads a Whisper decoder; got {type(hf_model(model)).__name__}. For an audio "
+                        "language model such as Qwen2-Audio use asrinterp_utils.audio_llm.audio_llm_logit_lens.")
+    if encoder_states is None:
+        if input_features is None:
+            raise ValueError("give input_features (batch, n_mels, 3000) or encoder_states (batch, 1500, d_model)")
+        encoder_states = run.encode_features(model, input_features)
+    if len(encoder_states) != len(decoder_input_ids):
+        raise ValueError(f"{len(encoder_states)} clips of audio but {len(decoder_input_ids)} rows of "
+                         "decoder_input_ids: give one row of token ids per clip")
     n = len(whisper_core(model).decoder.layers)
     names = ["dec.0.resid_pre"] + [f"dec.{i}.resid_post" for i in range(n)]
-    param = next(hf.parameters())
     with cache_activations(model, names, device=None) as cache:
-        final_logits = hf(input_features.to(device=param.device, dtype=param.dtype),
-                          decoder_input_ids=decoder_input_ids.to(param.device)).logits
+        final_logits = run.teacher_force(model, encoder_states, decoder_input_ids)
 
     def layer_logits(layer: int, name: str) -> torch.Tensor:
         residual = cache[name]
@@ -194,18 +201,17 @@ def encoder_lens(lm: Any, audio_list: Sequence[np.ndarray], references: Sequence
         batch = list(audio_list[start:start + clips_per_batch])
         feats, _ = lm.features(batch)
         with cache_activations(lm, names, device=None) as cache:
-            core.encoder(feats)
+            run.encode_features(lm, feats)
         states = torch.stack([cache[name] for name in names], dim=1)  # (clips, layers, 1500, d_model)
         states = states.flatten(0, 1)
         if apply_final_norm:
             states = core.encoder.layer_norm(states)
-        ids = lm.decode_greedy(states, max_new_tokens=max_new_tokens)
-        n_generated = ids.shape[1] - len(lm.prompt_ids())
-        for k, text_ids in enumerate(lm.text_ids(ids)):
+        decoded = run.greedy(lm, states, max_new_tokens=max_new_tokens)
+        for k, (text_ids, hit_limit) in enumerate(zip(decoded.text_ids, decoded.hit_limit)):
             clip, layer = start + k // len(layers), layers[k % len(layers)]
             text = lm.tokenizer.decode(text_ids, skip_special_tokens=True).strip()
             row = {"clip": clip, "layer": layer, "transcript": text, "n_tokens": len(text_ids),
-                   "hit_limit": len(text_ids) == n_generated}  # no <|endoftext|> before the cap
+                   "hit_limit": hit_limit}  # no <|endoftext|> before the cap
             if references is not None:
                 ref = references[clip]
                 row.update(wer=word_error_rate(ref, text), kind=transcript_kind(ref, text),
@@ -308,10 +314,9 @@ def corpus_logit_lens(lm: Any, audio_list: Sequence[np.ndarray], *, batch_size: 
     n_lens = len(whisper_core(lm).decoder.layers) + 1
     starts = range(0, len(audio_list), batch_size)
     for start in tqdm(starts, desc="logit lens", disable=not progress):
-        batch = list(audio_list[start:start + batch_size])
-        ids = lm.generate_ids(batch, max_new_tokens=max_new_tokens)
-        feats, _ = lm.features(batch)
-        result = logit_lens(lm, feats, ids, top_k=1, translator=translator)
+        encoded = run.encode(lm, list(audio_list[start:start + batch_size]))  # one encoder pass per batch
+        ids = run.greedy(lm, encoded.states, max_new_tokens=max_new_tokens).ids
+        result = logit_lens(lm, None, ids, top_k=1, translator=translator, encoder_states=encoded.states)
         saturation = result.saturation_layer()
         for row, text_ids in enumerate(lm.text_ids(ids)):
             clip = start + row
@@ -376,17 +381,16 @@ def decoder_residuals(lm: Any, audio_list: Sequence[np.ndarray], texts: Sequence
     end_of_text = int(lm.model.generation_config.eos_token_id)
     residuals, clips, targets = [], [], []
     for start in tqdm(range(0, len(audio_list), batch_size), desc="decoder residuals", disable=not progress):
-        batch = list(audio_list[start:start + batch_size])
+        states = run.encode(lm, list(audio_list[start:start + batch_size])).states
         if texts is None:
-            rows = lm.text_ids(lm.generate_ids(batch, max_new_tokens=max_new_tokens))
+            rows = run.greedy(lm, states, max_new_tokens=max_new_tokens).text_ids
         else:
             rows = [lm.tokenizer.encode(" " + t.strip(), add_special_tokens=False)[:max_new_tokens]
                     for t in texts[start:start + batch_size]]
         width = max(len(r) for r in rows) + 1
         ids = torch.tensor([prompt + r + [end_of_text] * (width - len(r)) for r in rows])
-        feats, _ = lm.features(batch)
         with cache_activations(lm, names, device="cpu", dtype=torch.float32) as cache:
-            hf_model(lm)(feats, decoder_input_ids=ids.to(lm.device))
+            run.teacher_force(lm, states, ids, logits=False)
         stacked = torch.stack([cache[name] for name in names])  # (lens_layers, batch, tokens, d_model)
         for b, row in enumerate(rows):
             positions = torch.arange(len(prompt) - 1, len(prompt) + len(row))  # predict each text token, then eot

@@ -17,7 +17,7 @@ feature-extractor files) under ``cache_dir("models", name)``, with a manifest of
 load. A missing, partial or corrupted cache is rebuilt.
 
 >>> m = load_model("tiny.en")              # LoadedModel; m.model is a WhisperForConditionalGeneration
->>> m.transcribe([audio])                 # audio: (n_samples,) float32 at 16 kHz, here 3.16 s of speech
+>>> run.transcribe(m, [audio])           # audio: (n_samples,) float32 at 16 kHz, here 3.16 s of speech
 ['You are currently the only person in this conference.']
 >>> feats, n_valid = m.features([audio])  # feats (1, 80, 3000); n_valid tensor([158]) of the 1500 encoder frames
 """
@@ -42,11 +42,11 @@ import numpy as np
 import torch
 
 from . import runtime
+from .audio import SAMPLE_RATE, validate_audio
 
 __all__ = ["ModelDims", "LoadedModel", "ModelNotAvailableError", "load_model", "available_models", "attention_backend",
            "random_init_model"]
 
-SAMPLE_RATE = 16_000
 SAMPLES_PER_ENCODER_FRAME = 320  # hop 160 samples per log-mel frame x stride 2 of the encoder's second conv
 CACHE_FORMAT = 1  # bump when the cached folder's layout or conversion changes: old caches are then rebuilt
 MANIFEST_NAME = "asrinterp_manifest.json"
@@ -111,47 +111,15 @@ class ModelDims:
         )
 
 
-@contextlib.contextmanager
-def _quiet_transformers():
-    """Silence transformers' log messages and Python warnings inside the block.
-
-    transformers 5.24's Whisper ``generate`` logs a deprecation notice about its own internal call ("Passing
-    ``generation_config`` together with generation-related arguments ..."), plus notices about ``max_length`` vs
-    ``max_new_tokens`` and the attention mask that do not apply to Whisper's fixed 30 s input. None of them is
-    actionable for the caller; the previous verbosity is restored on exit.
-    """
-    from transformers.utils import logging as hf_logging
-
-    previous = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning)
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            yield
-    finally:
-        hf_logging.set_verbosity(previous)
-
-
 def _check_audio_list(audio_list: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Validate a list of clips (each ``(n_samples,)`` float at 16 kHz, at most 30 s) into float32 arrays."""
     if isinstance(audio_list, (np.ndarray, torch.Tensor)):
         raise TypeError("audio_list must be a list of 1-D arrays; wrap a single clip as [audio].")
     if len(audio_list) == 0:
         raise ValueError("audio_list is empty: pass at least one clip.")
-    try:
-        from .audio import validate_audio
-    except ImportError:  # pragma: no cover - audio.py is written alongside this module
-        validate_audio = None
     checked = []
     for i, clip in enumerate(audio_list):
-        if validate_audio is not None:
-            clip = validate_audio(clip, sample_rate=SAMPLE_RATE, name=f"audio_list[{i}]")
-        else:
-            clip = np.ascontiguousarray(clip, dtype=np.float32)
-            if clip.ndim != 1 or clip.size == 0:
-                raise ValueError(f"audio_list[{i}]: expected a non-empty 1-D array, got shape {clip.shape}")
-        checked.append(clip)
+        checked.append(validate_audio(clip, sample_rate=SAMPLE_RATE, name=f"audio_list[{i}]"))
     return checked
 
 
@@ -218,63 +186,14 @@ class LoadedModel:
         tokens.append("<|notimestamps|>")
         return [int(i) for i in self.tokenizer.convert_tokens_to_ids(tokens)]
 
-    def _check_max_new_tokens(self, max_new_tokens: int) -> None:
-        room = self.dims.n_text_ctx - len(self.prompt_ids())
-        if not 1 <= max_new_tokens <= room:
-            raise ValueError(f"max_new_tokens must be between 1 and {room} (the decoder holds {self.dims.n_text_ctx} "
-                             f"positions, the prompt uses {self.dims.n_text_ctx - room}); got {max_new_tokens}.")
-
     def text_ids(self, ids: torch.Tensor) -> list[list[int]]:
-        """The text tokens of each row of :meth:`generate_ids` (or :meth:`decode_greedy`) output ``(batch, tokens)``:
+        """The text tokens of each row of :func:`asrinterp_utils.run.generate_ids` output ``(batch, tokens)``:
         after the prompt, up to the first ``<|endoftext|>`` (all of them if the row was cut at ``max_new_tokens``)."""
         end_of_text = int(self.model.generation_config.eos_token_id)
         rows = []
         for row in ids[:, len(self.prompt_ids()):].tolist():
             rows.append(row[:row.index(end_of_text)] if end_of_text in row else row)
         return rows
-
-    @torch.no_grad()
-    def generate_ids(self, audio_list: Sequence[np.ndarray] | None, max_new_tokens: int = 128, *,
-                     encoder_states: torch.Tensor | None = None) -> torch.LongTensor:
-        """Greedy decoding (English, no timestamps), prompt included.
-
-        Args:
-            audio_list: clips, each a 1-D float32 array ``(n_samples,)`` at 16 kHz, at most 30 s; or None with
-                ``encoder_states``.
-            max_new_tokens: most tokens to generate after the prompt (``len(prompt) + max_new_tokens <= 448``).
-            encoder_states: ``(batch, 1500, d_model)``: decode from these instead of the encoder's output (the
-                encoder lens feeds an intermediate layer's states here); see :meth:`decode_greedy`.
-
-        Returns:
-            ``LongTensor (batch, len(prompt) + n_new)`` on the CPU: :meth:`prompt_ids`, the generated text tokens,
-            then ``<|endoftext|>`` unless the text was cut at ``max_new_tokens``; shorter rows are padded with
-            ``<|endoftext|>`` (Whisper's pad token). The text of row ``i`` is thus ``row[len(prompt):]`` up to its
-            first ``<|endoftext|>``. (transformers 5 itself returns only the new tokens, without the final
-            ``<|endoftext|>``.)
-        """
-        self._check_max_new_tokens(max_new_tokens)
-        if encoder_states is not None:
-            return self.decode_greedy(encoder_states, max_new_tokens=max_new_tokens)
-        kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                      return_timestamps=False)
-        input_features, _ = self.features(audio_list)
-        if self.dims.multilingual:
-            kwargs.update(language="en", task="transcribe")
-        with _quiet_transformers():
-            new_ids = self.model.generate(input_features, **kwargs)
-        if not isinstance(new_ids, torch.Tensor):  # a ModelOutput when generate is asked for more than ids
-            new_ids = new_ids["sequences"]
-        new_ids = new_ids.cpu().long()
-        prompt = self.prompt_ids()
-        end_of_text = self.model.generation_config.eos_token_id
-        if new_ids.shape[1] >= len(prompt) and new_ids[:, : len(prompt)].tolist() == [prompt] * len(new_ids):
-            new_ids = new_ids[:, len(prompt):]  # a transformers version that keeps the prompt
-        if new_ids.shape[1] < max_new_tokens:
-            # Whisper's generate strips each text's final <|endoftext|> and pads with <|endoftext|>: the longest
-            # text ended before the limit, so give every row its end token back.
-            new_ids = torch.cat([new_ids, torch.full((len(new_ids), 1), end_of_text, dtype=torch.long)], dim=1)
-        prompt_block = torch.tensor([prompt] * len(new_ids), dtype=torch.long)
-        return torch.cat([prompt_block, new_ids], dim=1)
 
     def suppression_masks(self, suppress_timestamps: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """The tokens greedy decoding forbids, as boolean masks over the vocabulary ``(vocab,)`` on the model's
@@ -288,75 +207,6 @@ class LoadedModel:
         at_start = always.clone()
         at_start[list(config.begin_suppress_tokens or [])] = True
         return at_start, always
-
-    @torch.no_grad()
-    def decode_greedy(self, encoder_states: torch.Tensor, max_new_tokens: int = 128, *,
-                      suppress_timestamps: bool = True) -> torch.LongTensor:
-        """Greedy decoding from given encoder states with a plain KV-cached loop, the same for every batch size.
-
-        Each step applies what Whisper's ``generate`` applies in short-form, no-timestamp mode (the generation
-        config's ``suppress_tokens`` at every step, ``begin_suppress_tokens`` at the first), and by default also
-        suppresses the timestamp tokens, which the prompt's ``<|notimestamps|>`` rules out: states from early encoder
-        layers can otherwise make the decoder emit them, and ``generate`` then treats them as segment boundaries and
-        decodes far past ``max_new_tokens``. Rows that have ended leave the batch (and the KV cache), so a batch of
-        short and looping rows costs what its running rows cost; with this package's hooks attached the batch keeps
-        its shape instead (a patch may be tied to batch rows). Ended rows are padded with ``<|endoftext|>``; the loop
-        stops when every row has ended. Forward hooks see each step with its absolute decoder position, as in
-        ``generate``.
-
-        Args:
-            encoder_states: ``(batch, 1500, d_model)``, what the decoder's cross-attention reads.
-            max_new_tokens: most tokens to generate after the prompt.
-            suppress_timestamps: forbid the timestamp tokens (default True).
-
-        Returns:
-            ``LongTensor (batch, len(prompt) + n_new)`` on the CPU, laid out as :meth:`generate_ids`'s.
-        """
-        self._check_max_new_tokens(max_new_tokens)
-        if encoder_states.ndim != 3 or encoder_states.shape[-1] != self.dims.d_model:
-            raise ValueError(f"encoder_states must be (batch, frames, {self.dims.d_model}); got "
-                             f"{tuple(encoder_states.shape)}.")
-        end_of_text = int(self.model.generation_config.eos_token_id)
-        at_start, always = self.suppression_masks(suppress_timestamps)
-        states = encoder_states.to(device=self.device, dtype=self.dtype)
-        batch = len(states)
-        ids = torch.tensor([self.prompt_ids()] * batch, device=self.device)
-        out_ids = torch.full((batch, max_new_tokens), end_of_text, dtype=torch.long, device=self.device)
-        # Rows that have ended leave the batch (their KV cache rows are dropped), unless hooks of this package are
-        # attached: a patch may be tied to batch rows, so the batch then keeps its shape and ended rows get padding.
-        from .hooks import active_hook_count
-
-        compact = active_hook_count(self.model) == 0
-        running = torch.arange(batch, device=self.device)  # original row of each row still in the batch
-        ended = torch.zeros(batch, dtype=torch.bool, device=self.device)
-        step_input, past, n_steps = ids, None, 0
-        for step in range(max_new_tokens):
-            out = self.model(encoder_outputs=(states,), decoder_input_ids=step_input, cache=past, use_cache=True)
-            past = out.cache
-            logits = out.logits[:, -1].float().masked_fill(at_start if step == 0 else always, float("-inf"))
-            next_ids = torch.where(ended, end_of_text, logits.argmax(-1))
-            out_ids[running, step] = next_ids
-            n_steps = step + 1
-            ended = ended | (next_ids == end_of_text)
-            if bool(ended.all()):
-                break
-            if compact and bool(ended.any()):
-                keep = torch.nonzero(~ended).squeeze(1)
-                past.batch_select_indices(keep)
-                states, running, next_ids, ended = states[keep], running[keep], next_ids[keep], ended[keep]
-            step_input = next_ids[:, None]
-        ids = torch.cat([ids, out_ids[:, :n_steps]], dim=1)
-        return ids.cpu()
-
-    def transcribe(self, audio_list: Sequence[np.ndarray], max_new_tokens: int = 128) -> list[str]:
-        """Greedy English transcripts (no timestamps), one stripped string per clip.
-
-        Args:
-            audio_list: clips, each a 1-D float32 array ``(n_samples,)`` at 16 kHz, at most 30 s.
-            max_new_tokens: most tokens to generate per clip.
-        """
-        ids = self.generate_ids(audio_list, max_new_tokens=max_new_tokens)
-        return [text.strip() for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
 
 # ---------------------------------------------------------------------------------------------------------------

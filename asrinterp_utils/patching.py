@@ -19,16 +19,12 @@ Targets that patch encoder points still run batched (``K`` targets per forward),
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
-from transformers.cache_utils import DynamicCache, EncoderDecoderCache
-from transformers.masking_utils import AttentionMaskInterface, eager_mask
-from transformers.modeling_utils import AttentionInterface
-from transformers.models.whisper.modeling_whisper import eager_attention_forward
 
+from . import run
 from .hooks import Intervention, hf_model, patch, replace, resolve_hook_points, whisper_core, zero
 
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -138,90 +134,6 @@ def component_targets(model: Any, names: Sequence[str] | str, source: Any = None
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Shared cross-attention keys and values
-# ---------------------------------------------------------------------------------------------------------------
-
-SHARED_KV_ATTENTION = "asrinterp_shared_kv"
-
-
-def _shared_kv_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """Eager attention where ``K`` stacked copies of a batch share one set of keys and values.
-
-    ``query`` is ``(K * batch, heads, tokens, d_head)`` and ``key``/``value`` are ``(batch, heads, frames, d_head)``:
-    the copies are folded into the query axis, ``(batch, heads, K * tokens, d_head)``, so the keys and values are
-    used as they are. Rows of attention are independent, so this is the same arithmetic as K separate batches.
-    """
-    if key.shape[0] == query.shape[0]:
-        return eager_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout)
-    if attention_mask is not None or query.shape[0] % key.shape[0]:
-        raise RuntimeError("shared keys/values need an unmasked attention and a query batch that is a multiple "
-                           "of the key batch")
-    batch, heads, frames, d_head = key.shape
-    copies, tokens = query.shape[0] // batch, query.shape[2]
-    q = query.view(copies, batch, heads, tokens, d_head).permute(1, 2, 0, 3, 4).reshape(batch, heads, -1, d_head)
-    out, weights = eager_attention_forward(module, q, key, value, None, scaling=scaling, dropout=dropout)
-    # out: (batch, copies * tokens, heads, d_head) -> (copies * batch, tokens, heads, d_head)
-    out = out.view(batch, copies, tokens, heads, d_head).transpose(0, 1).reshape(copies * batch, tokens, heads, d_head)
-    weights = weights.view(batch, heads, copies, tokens, frames).permute(2, 0, 1, 3, 4).reshape(
-        copies * batch, heads, tokens, frames)
-    return out, weights
-
-
-AttentionInterface.register(SHARED_KV_ATTENTION, _shared_kv_attention)
-AttentionMaskInterface.register(SHARED_KV_ATTENTION, eager_mask)  # the same additive masks as eager attention
-
-
-class _SharedKVAttention:
-    """Within the block, the model's attention is :func:`_shared_kv_attention` (eager arithmetic; the model's own
-    setting is restored on exit)."""
-
-    def __init__(self, core: torch.nn.Module) -> None:
-        self.config = core.config
-
-    def __enter__(self) -> None:
-        self.saved = self.config._attn_implementation
-        self.config._attn_implementation = SHARED_KV_ATTENTION
-
-    def __exit__(self, *exc) -> None:
-        self.config._attn_implementation = self.saved
-
-
-def cross_attention_kv(model: Any, encoder_out: torch.Tensor) -> DynamicCache:
-    """Project the encoder output ``(batch, frames, d_model)`` to every decoder layer's cross-attention keys and
-    values, ``(batch, heads, frames, d_head)`` each, held in a cache the decoder reads instead of recomputing."""
-    core = whisper_core(model)
-    cross = DynamicCache()
-    for i, layer in enumerate(core.decoder.layers):
-        attn = layer.encoder_attn
-        shape = (encoder_out.shape[0], -1, attn.num_heads, attn.head_dim)
-        k = attn.k_proj(encoder_out).view(shape).transpose(1, 2).contiguous()
-        v = attn.v_proj(encoder_out).view(shape).transpose(1, 2).contiguous()
-        cross.update(k, v, i)
-    return cross
-
-
-def decoder_logits(model: Any, decoder_input_ids: torch.Tensor, encoder_out: torch.Tensor,
-                   cross_kv: DynamicCache | None = None) -> torch.Tensor:
-    """Decoder forward from a precomputed encoder output; with ``cross_kv`` the cross-attention keys and values are
-    read from it (its batch may divide the decoder batch: copies share it). Returns logits ``(N, tokens, vocab)``."""
-    core = whisper_core(model)
-    proj_out = getattr(hf_model(model), "proj_out", None)
-    if cross_kv is None:
-        hidden = core.decoder(input_ids=decoder_input_ids, encoder_hidden_states=encoder_out,
-                              use_cache=False).last_hidden_state
-    else:
-        cache = EncoderDecoderCache(DynamicCache(), cross_kv)
-        for i in range(len(core.decoder.layers)):
-            cache.is_updated[i] = True
-        with _SharedKVAttention(core):
-            hidden = core.decoder(input_ids=decoder_input_ids, encoder_hidden_states=encoder_out, cache=cache,
-                                  use_cache=True).last_hidden_state
-    if proj_out is None:
-        raise TypeError("decoder_logits needs a model with an unembedding (WhisperForConditionalGeneration)")
-    return proj_out(hidden)
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Sweeps
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -270,21 +182,19 @@ def run_sweep(model: Any, input_features: torch.Tensor, decoder_input_ids: torch
     decoder_only = all(side <= {"dec"} for side in sides)
     if all(side == {"enc"} for side in sides) and targets:
         return _encoder_sweep(model, feats, ids, targets, metric, batch_size, progress)
-    if decoder_only:
-        encoder_out = whisper_core(model).encoder(feats).last_hidden_state  # once for every target
-        cross_kv = cross_attention_kv(model, encoder_out)  # once for every target
-        baseline = metric(decoder_logits(model, ids, encoder_out, cross_kv), ids).cpu()
-    else:
-        baseline = metric(hf(feats, decoder_input_ids=ids).logits, ids).cpu()
+    encoder_out = run.encode_features(model, feats)  # decoder-only targets: once for every target
+    baseline = metric(run.teacher_force(model, encoder_out, ids), ids).cpu()
     chunks = [targets[i:i + batch_size] for i in range(0, len(targets), batch_size)]
     for c, chunk in enumerate(_progress(chunks, progress, "batched sweep")):
         k = len(chunk)
         stacked_ids = ids.repeat(k, 1)  # row k * batch + b: target k, clip b
-        with patch(model, _batched_interventions(chunk, batch)):
-            if decoder_only:
-                logits = decoder_logits(model, stacked_ids, encoder_out, cross_kv)
-            else:
-                logits = hf(feats.repeat(k, 1, 1), decoder_input_ids=stacked_ids).logits
+        plan = _batched_interventions(chunk, batch)
+        if decoder_only:  # the k copies read one projection of the encoder output
+            logits = run.teacher_force(model, encoder_out, stacked_ids, kv_rows=torch.arange(k * batch) % batch,
+                                       patches=plan)
+        else:
+            states = run.encode_features(model, feats.repeat(k, 1, 1), patches=plan)
+            logits = run.teacher_force(model, states, stacked_ids, patches=plan)
         start = c * batch_size
         values[start:start + k] = metric(logits, stacked_ids).view(k, batch).cpu()
     return SweepResult([t.label for t in targets], values, baseline)
@@ -309,8 +219,8 @@ def _encoder_sweep(model: Any, feats: torch.Tensor, ids: torch.Tensor, targets: 
     encoder = core.encoder
     last = len(encoder.layers) - 1
     with cache_activations(model, ["enc.*.resid_pre", f"enc.{last}.resid_post"]) as prefix:
-        clean_out = encoder(feats).last_hidden_state
-    baseline = metric(decoder_logits(model, ids, clean_out), ids).cpu()
+        clean_out = run.encode_features(model, feats)
+    baseline = metric(run.teacher_force(model, clean_out, ids), ids).cpu()
     batch = feats.shape[0]
     values = torch.empty(len(targets), batch)
     first = [_first_encoder_layer(model, t) for t in targets]
@@ -329,7 +239,7 @@ def _encoder_sweep(model: Any, feats: torch.Tensor, ids: torch.Tensor, targets: 
             for layer in encoder.layers[start:]:
                 hidden = layer(hidden, None)
             hidden = encoder.layer_norm(hidden)
-            logits = decoder_logits(model, ids.repeat(k, 1), hidden)
+        logits = run.teacher_force(model, hidden, ids.repeat(k, 1))
         values[chunk] = metric(logits, ids.repeat(k, 1)).view(k, batch).cpu()
     return SweepResult([t.label for t in targets], values, baseline)
 
@@ -427,64 +337,23 @@ def _merge(into: dict[str, list[Intervention]], more: dict[str, list[Interventio
         into.setdefault(name, []).extend(ivs)
 
 
-def _lockstep_decode(lm: Any, clean_states: torch.Tensor, ref_states: torch.Tensor, chunk: Sequence[PatchTarget],
-                     max_new_tokens: int, share_kv: bool) -> list[list[list[int]]]:
+def _patched_greedy(lm: Any, clean_states: torch.Tensor, ref_states: torch.Tensor, chunk: Sequence[PatchTarget],
+                    max_new_tokens: int) -> list[list[list[int]]]:
     """Greedy decoding of ``K = len(chunk)`` patched copies of a batch of ``B`` clips, each beside a reference row
-    that is fed the same tokens. Rows ``k * 2B + b`` are target ``k``'s patched clip ``b`` and rows
-    ``k * 2B + B + b`` its reference rows, which read ``ref_states``. Returns ``[target][clip] -> text token ids``.
-
-    With ``share_kv`` the cross-attention keys and values of the ``2B`` distinct encoder outputs are projected once
-    and shared by the ``K`` copies (no copy is materialised); without it every row gets its own (the naive way).
-    """
-    core = whisper_core(lm.model)
+    that is fed the same tokens (:func:`asrinterp_utils.run.greedy` with ``follow``). Row ``k * B + b`` is target
+    ``k`` on clip ``b`` and reads ``clean_states[b]``; row ``K * B + k * B + b`` is its reference row, which reads
+    ``ref_states[b]`` and follows it. The cross-attention keys and values of the ``2B`` encoder outputs are projected
+    once. Returns ``[target][clip] -> text token ids``."""
     batch, k = len(clean_states), len(chunk)
-    n_rows = 2 * batch * k
+    patched = torch.arange(k * batch)
     plan: dict[str, list[Intervention]] = {}
     for i, target in enumerate(chunk):
-        dst = [i * 2 * batch + b for b in range(batch)]
-        _merge(plan, _rowwise(target, dst, [r + batch for r in dst]))
-    states = torch.cat([clean_states, ref_states]).to(device=lm.device, dtype=lm.dtype)  # (2B, frames, d)
-    end_of_text = int(lm.model.generation_config.eos_token_id)
-    at_start, always = lm.suppression_masks()
-    step_input = torch.tensor([lm.prompt_ids()] * n_rows, device=lm.device)
-    out = torch.full((n_rows, max_new_tokens), end_of_text, dtype=torch.long, device=lm.device)
-    ended = torch.zeros(n_rows, dtype=torch.bool, device=lm.device)
-    if share_kv:
-        cache = EncoderDecoderCache(DynamicCache(), cross_attention_kv(lm.model, states))
-        for i in range(len(core.decoder.layers)):
-            cache.is_updated[i] = True
-        attention = _SharedKVAttention(core)
-    else:
-        cache, attention = None, nullcontext()
-        states = states.repeat(k, 1, 1)
-    patched_rows = torch.tensor([i * 2 * batch + b for i in range(k) for b in range(batch)], device=lm.device)
-    n_steps = 0
-    proj_out = hf_model(lm.model).proj_out
-    with patch(lm, plan), attention:
-        for step in range(max_new_tokens):
-            live = ~ended[patched_rows]  # patched rows still writing: only they need logits
-            if share_kv:
-                hidden = core.decoder(input_ids=step_input, encoder_hidden_states=states, cache=cache,
-                                      use_cache=True).last_hidden_state
-                logits = proj_out(hidden[patched_rows[live], -1])  # only the live patched rows choose tokens
-            else:
-                result = lm.model(encoder_outputs=(states,), decoder_input_ids=step_input, cache=cache,
-                                  use_cache=True)
-                cache, logits = result.cache, result.logits[patched_rows[live], -1]
-            logits = logits.float().masked_fill(at_start if step == 0 else always, float("-inf"))
-            chosen = torch.full((k * batch,), end_of_text, dtype=torch.long, device=lm.device)
-            chosen[live] = logits.argmax(-1)
-            chosen = chosen.view(k, batch)  # the patched rows decide (ended ones keep writing end-of-text)
-            next_ids = torch.stack([chosen, chosen], dim=1).reshape(n_rows)  # their reference rows follow
-            next_ids = torch.where(ended, end_of_text, next_ids)
-            out[:, step] = next_ids
-            n_steps = step + 1
-            ended = ended | (next_ids == end_of_text)
-            if bool(ended[patched_rows].all()):
-                break
-            step_input = next_ids[:, None]
-    ids = out[patched_rows, :n_steps].view(k, batch, n_steps).tolist()
-    return [[row[:row.index(end_of_text)] if end_of_text in row else row for row in per_clip] for per_clip in ids]
+        dst = list(range(i * batch, (i + 1) * batch))
+        _merge(plan, _rowwise(target, dst, [k * batch + r for r in dst]))
+    decoded = run.greedy(lm, torch.cat([clean_states, ref_states]), max_new_tokens=max_new_tokens,
+                         kv_rows=torch.cat([patched % batch, batch + patched % batch]),
+                         follow=torch.cat([patched, patched]), patches=plan)
+    return [[decoded.text_ids[i * batch + b] for b in range(batch)] for i in range(k)]
 
 
 def _text(lm: Any, ids: list[int]) -> str:
@@ -494,12 +363,8 @@ def _text(lm: Any, ids: list[int]) -> str:
 
 
 def _encoder_states(lm: Any, features: torch.Tensor, plan: Mapping[str, Any] | None = None) -> torch.Tensor:
-    """The encoder output ``(batch, frames, d_model)``, under SDPA attention (patterns are not patchable anyway)."""
-    from .models import attention_backend
-
-    core = whisper_core(lm.model)
-    with attention_backend(lm, "sdpa"), patch(lm, plan or {}):
-        return core.encoder(features).last_hidden_state
+    """The encoder output ``(batch, frames, d_model)`` with ``plan`` applied (:func:`asrinterp_utils.run.encode_features`)."""
+    return run.encode_features(lm, features, patches=plan)
 
 
 @dataclass
@@ -592,7 +457,7 @@ def generate_sweep(lm: Any, audio_list: Sequence[Any], targets: Sequence[PatchTa
     clean_states, ref_states = encoded.clean_states, encoded.reference_states
     batch = len(clean_feats)
     text = lambda ids: _text(lm, ids)  # noqa: E731
-    decode = lambda st: lm.text_ids(lm.decode_greedy(st, max_new_tokens=max_new_tokens))  # noqa: E731
+    decode = lambda st: run.greedy(lm, st, max_new_tokens=max_new_tokens).text_ids  # noqa: E731
     reference_texts = encoded.decoded(("reference", max_new_tokens),
                                       lambda: [text(ids) for ids in decode(ref_states)])
 
@@ -622,23 +487,29 @@ def generate_sweep(lm: Any, audio_list: Sequence[Any], targets: Sequence[PatchTa
                 texts_by_pair.update(zip(chunk, ids))
             results = [[texts_by_pair[(i, b)] for b in range(batch)] for i in range(len(targets))]
     else:
-        share = method == "batched"
-        baseline = encoded.decoded(("baseline", "dec", max_new_tokens, share), lambda: _lockstep_decode(
-            lm, clean_states, ref_states, [PatchTarget("unpatched", {})], max_new_tokens, share)[0])
+        key = ("baseline", "dec", max_new_tokens)
         results = []
         if method == "naive":
+            baseline = encoded.decoded(key, lambda: decode(clean_states))
             for target in _progress(targets, progress, "decoder patches (naive)"):
                 per_clip = []
                 for b in range(batch):
                     st = _encoder_states(lm, clean_feats[b:b + 1])  # nothing reused
                     rs = _encoder_states(lm, ref_feats[b:b + 1])
-                    per_clip.append(_lockstep_decode(lm, st, rs, [target], max_new_tokens, False)[0][0])
+                    per_clip.append(_patched_greedy(lm, st, rs, [target], max_new_tokens)[0][0])
                 results.append(per_clip)
         else:
+            # The unpatched rows ride along in the first batch (an empty target) unless they are known already.
+            unpatched = [] if key in encoded._decoded else [PatchTarget("unpatched", {})]
+            queue = unpatched + list(targets)
             per_forward = max(1, batch_rows // (2 * batch))
-            chunks = [targets[i:i + per_forward] for i in range(0, len(targets), per_forward)]
+            chunks = [queue[i:i + per_forward] for i in range(0, len(queue), per_forward)]
             for chunk in _progress(chunks, progress, "decoder patches"):
-                results.extend(_lockstep_decode(lm, clean_states, ref_states, chunk, max_new_tokens, True))
+                results.extend(_patched_greedy(lm, clean_states, ref_states, chunk, max_new_tokens))
+            if unpatched:
+                encoded.decoded(key, lambda: results[0])
+                results = results[1:]
+            baseline = encoded.decoded(key, lambda: None)
     return GenerationSweep(
         labels=[t.label for t in targets], token_ids=results,
         texts=[[text(ids) for ids in per_clip] for per_clip in results],

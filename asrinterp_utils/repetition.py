@@ -26,10 +26,11 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from .audio import SAMPLE_RATE
+from . import run
 from .metrics import is_repetitive, longest_repeat, normalize_text, word_error_rate
 from .runtime import cache_dir, write_text_atomic
 
-SAMPLE_RATE = 16_000
 
 TRANSFORMS = {
     "speed2x": "played twice as fast (pitch rises with it)",
@@ -128,10 +129,6 @@ def mine_loops(lm: Any, candidates: pd.DataFrame, *, max_new_tokens: int = 96, b
     (against ``text`` where there is one). The table is cached under ``cache_dir("repetition")`` by model, audio and
     ``max_new_tokens``, written atomically; a rerun reads it.
     """
-    import torch
-
-    from .models import attention_backend
-
     path = cache_dir("repetition") / f"{_candidates_key(lm, candidates, max_new_tokens)}.csv"
     if use_cache and path.exists():
         return pd.read_csv(path, keep_default_na=False)
@@ -141,10 +138,8 @@ def mine_loops(lm: Any, candidates: pd.DataFrame, *, max_new_tokens: int = 96, b
         from tqdm.auto import tqdm
         starts = tqdm(starts, desc=f"mining loops ({getattr(lm, 'name', 'model')})")
     for s in starts:
-        feats, _ = lm.features(list(candidates.audio.iloc[s:s + batch_size]))
-        with torch.no_grad(), attention_backend(lm, "sdpa"):
-            states = lm.model.model.encoder(feats).last_hidden_state
-            ids = lm.text_ids(lm.decode_greedy(states, max_new_tokens=max_new_tokens))
+        states = run.encode(lm, list(candidates.audio.iloc[s:s + batch_size])).states
+        ids = run.greedy(lm, states, max_new_tokens=max_new_tokens).text_ids
         transcripts += [lm.tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
         n_tokens += [len(row) for row in ids]
     table = candidates.drop(columns=["audio"]).copy()

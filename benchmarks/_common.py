@@ -54,3 +54,17 @@ def real_clips(n: int, min_words: int = 8):
 
     table = asterisk_prompts(min_words=min_words, max_duration_s=12.0, progress=False).sample(n, random_state=0)
     return [clip_audio(p) for p in table.path], list(table.text)
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+    """The float32 matrix-multiply throughput of this machine, FLOP/s: the best of ``repeats`` ``n x n`` products
+    (the practical peak that a roofline compares against)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best

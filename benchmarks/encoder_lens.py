@@ -23,7 +23,7 @@ import torch
 from transformers.modeling_outputs import BaseModelOutput
 
 from _common import real_clips, write
-from asrinterp_utils import lens
+from asrinterp_utils import lens, run
 from asrinterp_utils.cache import cache_activations
 from asrinterp_utils.models import load_model
 
@@ -44,7 +44,7 @@ def text_of(lm, ids):
 
 
 def one_decode_per_layer(lm, waves):
-    return [text_of(lm, lm.decode_greedy(states, max_new_tokens=MAX_NEW_TOKENS)[0])
+    return [text_of(lm, run.greedy(lm, states, max_new_tokens=MAX_NEW_TOKENS).ids[0])
             for wave in waves for states in layer_states(lm, wave)]
 
 

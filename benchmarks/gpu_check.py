@@ -19,7 +19,7 @@ import torch
 import transformers
 from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
 
-from asrinterp_utils import audio_llm, lens, patching
+from asrinterp_utils import audio_llm, lens, patching, run
 from asrinterp_utils.cache import cache_activations
 from asrinterp_utils.models import LoadedModel, ModelDims
 
@@ -80,8 +80,8 @@ def main() -> None:
     # 3. greedy decoding from encoder states and the encoder lens
     with torch.no_grad():
         states = cpu.model.model.encoder(feats).last_hidden_state
-    d_cpu = cpu.decode_greedy(states, max_new_tokens=16)
-    d_gpu = gpu.decode_greedy(states.cuda(), max_new_tokens=16)
+    d_cpu = run.greedy(cpu, states, max_new_tokens=16).ids
+    d_gpu = run.greedy(gpu, states.cuda(), max_new_tokens=16).ids
     checks["decode_greedy_cuda_equals_cpu"] = bool(d_cpu.shape == d_gpu.shape and torch.equal(d_cpu, d_gpu))
     checks["decode_greedy_output_device"] = str(d_gpu.device)
     table = lens.encoder_lens(gpu, waves[:2], max_new_tokens=8, progress=False)  # (no jiwer there: no WER)
@@ -112,7 +112,7 @@ def main() -> None:
     bf = loaded(args.config_dir, "cuda", torch.bfloat16)
     r_bf = lens.logit_lens(bf, feats, ids, top_k=1)
     checks["bf16_lens_last_layer_agrees"] = bool(r_bf.agrees[-1].all())
-    checks["bf16_decode_shape"] = list(bf.decode_greedy(states.cuda(), max_new_tokens=8).shape)
+    checks["bf16_decode_shape"] = list(run.greedy(bf, states.cuda(), max_new_tokens=8).ids.shape)
 
     # 7. audio-LLM lens on CUDA
     model, inputs = audio_llm.tiny_qwen2_audio(seed=0)

@@ -26,7 +26,7 @@ import transformers
 from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 from transformers import WhisperProcessor, WhisperTokenizerFast
 
-from asrinterp_utils import lens, patching
+from asrinterp_utils import lens, patching, run
 from asrinterp_utils.cache import cache_activations
 from asrinterp_utils.models import LoadedModel, ModelDims
 
@@ -112,7 +112,7 @@ def main() -> None:
     steps["encoder, 1 window"] = {"seconds": s, "peak_gb": gb}
     states, s, gb = measured(device, lambda: core.encoder(feats).last_hidden_state)
     steps[f"encoder, {args.batch} windows"] = {"seconds": s, "peak_gb": gb}
-    ids, s, gb = measured(device, lambda: lm.decode_greedy(states, max_new_tokens=args.max_new_tokens))
+    ids, s, gb = measured(device, lambda: run.greedy(lm, states, max_new_tokens=args.max_new_tokens).ids)
     steps[f"greedy decoding, {args.batch} windows, up to {args.max_new_tokens} tokens"] = {
         "seconds": s, "peak_gb": gb, "tokens": int(ids.shape[1])}
     ids = ids[:, : len(lm.prompt_ids()) + 24].to(device)

@@ -13,6 +13,7 @@ import argparse
 import torch
 
 from _common import real_clips, timeit, write
+from asrinterp_utils import run
 from asrinterp_utils.cache import cache_activations
 from asrinterp_utils.models import load_model
 
@@ -30,7 +31,7 @@ def main() -> None:
     for name in args.models:
         lm = load_model(name)
         feats, _ = lm.features(waves)
-        ids = lm.generate_ids(waves)
+        ids = run.generate_ids(lm, waves)
 
         @torch.no_grad()
         def plain():

@@ -17,7 +17,7 @@ import argparse
 import torch
 
 from _common import real_clips, timeit, write
-from asrinterp_utils import lens
+from asrinterp_utils import lens, run
 from asrinterp_utils.models import load_model
 
 
@@ -43,7 +43,7 @@ def main() -> None:
     results = {}
     for name in ("tiny.en", "base"):
         lm = load_model(name, attn_implementation="sdpa")
-        ids = lm.generate_ids(waves)
+        ids = run.generate_ids(lm, waves)
         feats, _ = lm.features(waves)
 
         def forward():

@@ -17,7 +17,7 @@ import time
 import torch
 
 from _common import real_clips, write
-from asrinterp_utils import audio, patching
+from asrinterp_utils import audio, patching, run
 from asrinterp_utils.cache import cache_activations
 from asrinterp_utils.models import load_model
 
@@ -52,7 +52,7 @@ def main() -> None:
     lm = load_model(args.model)
     waves, _ = real_clips(args.clips)
     feats, _ = lm.features(waves)
-    ids = lm.generate_ids(waves)
+    ids = run.generate_ids(lm, waves)
     noise_feats, _ = lm.features([audio.white_noise_like(w, seed=i) for i, w in enumerate(waves)])
     with torch.no_grad(), cache_activations(lm, "dec.*.cross_head_out") as noise:
         lm.model(noise_feats, decoder_input_ids=ids)  # the reference run, teacher-forced on the same tokens

@@ -50,15 +50,11 @@ def test_last_lens_layer_is_the_models_logits(tiny):
     assert result.per_layer(mask=inputs["attention_mask"]).top1_agreement.iloc[-1] == 1.0
 
 
-@torch.no_grad()
-def test_the_whisper_logit_lens_call_works_on_an_audio_llm(tiny):
-    """One API: lens.logit_lens(model, features, ids, **other inputs) routes an audio LLM to its own lens."""
+def test_the_whisper_logit_lens_refuses_an_audio_llm_and_names_its_own_lens(tiny):
+    """lens.logit_lens reads a Whisper decoder; on an audio LLM it says which function to call instead."""
     model, inputs = tiny
-    direct = audio_llm.audio_llm_logit_lens(model, **inputs, top_k=2)
-    routed = lens.logit_lens(model, inputs["input_features"], inputs["input_ids"], top_k=2,
-                             attention_mask=inputs["attention_mask"],
-                             feature_attention_mask=inputs["feature_attention_mask"])
-    assert torch.equal(direct.top_ids, routed.top_ids) and torch.equal(direct.kl, routed.kl)
+    with pytest.raises(TypeError, match="audio_llm_logit_lens"):
+        lens.logit_lens(model, inputs["input_features"], inputs["input_ids"], top_k=2)
 
 
 @torch.no_grad()

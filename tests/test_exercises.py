@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from asrinterp_utils import exercises, hooks
+from asrinterp_utils import exercises, hooks, run
 from asrinterp_utils.cache import cache_activations
 from asrinterp_utils.exercises import WrongAnswer
 
@@ -156,9 +156,9 @@ def test_encoder_layer_transcript_by_hand_on_real_tiny_en():
         tiny.model.model.encoder(feats)
     with torch.no_grad():  # the cache is filled when its block ends
         states = tiny.model.model.encoder.layer_norm(cached[f"enc.{layer}.resid_post"])
-        ids = tiny.decode_greedy(states, max_new_tokens=32)
+        ids = run.greedy(tiny, states, max_new_tokens=32).ids
     right = tiny.tokenizer.decode(tiny.text_ids(ids)[0], skip_special_tokens=True).strip()
-    assert right == tiny.transcribe([wave], max_new_tokens=32)[0].strip()  # the last layer is the normal transcript
+    assert right == run.transcribe(tiny, [wave], max_new_tokens=32)[0].strip()  # the last layer is the normal transcript
     assert_three_ways(exercises.check_encoder_layer_transcript, right, right + " extra", lm=tiny, wave=wave,
                       layer=layer, max_new_tokens=32)
 

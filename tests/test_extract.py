@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+from asrinterp_utils import run
 from asrinterp_utils.cache import cache_activations
 from asrinterp_utils.data.real import clip_audio, write_wav_atomic
 from asrinterp_utils.extract import (ConfigMismatchError, FeatureStore, LazyClips, extract_features,
@@ -76,7 +77,7 @@ def test_decoder_features_pool_the_generated_tokens_of_a_teacher_forced_forward(
     feats, _ = lm.features(clips)
     with torch.no_grad():
         states = lm.model.model.encoder(feats).last_hidden_state
-        ids = lm.generate_ids(None, max_new_tokens=MAX_NEW, encoder_states=states)
+        ids = run.greedy(lm, states, max_new_tokens=MAX_NEW).ids
         with cache_activations(lm, "dec.*.resid_post") as cache:  # full (clips, tokens, d_model)
             lm.model(encoder_outputs=(states,), decoder_input_ids=ids)
     full = cache.stack("dec.*.resid_post").transpose(0, 1).numpy()  # (clips, points, tokens, d_model)

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from asrinterp_utils import run
 from asrinterp_utils.cache import cache_activations
 from asrinterp_utils.data.real import write_wav_atomic
 from asrinterp_utils.extract import extract_features, log_mel_features, table_features
@@ -36,7 +37,7 @@ def test_the_stored_tokens_are_the_greedy_hypothesis(toy_lm, toy_lm_clips, tmp_p
     feats, _ = lm.features(clips)
     with torch.no_grad():
         states = lm.model.model.encoder(feats).last_hidden_state
-        ids = lm.generate_ids(None, max_new_tokens=MAX_NEW, encoder_states=states)[:, len(lm.prompt_ids()):].tolist()
+        ids = run.greedy(lm, states, max_new_tokens=MAX_NEW).ids[:, len(lm.prompt_ids()):].tolist()
     end = lm.model.generation_config.eos_token_id
     expected = [row[:row.index(end) + 1] if end in row else row for row in ids]
     assert store.token_ids() == expected
@@ -122,7 +123,7 @@ def test_decoder_table_features_of_tiny_en_carry_its_transcripts(tmp_path):
     tf = table_features(tiny, table, "dec.*.resid_post", side="decoder", pool=("mean", "last"),
                         out_dir=tmp_path, progress=False)
     assert tf.features.shape == (3, 2, 4, 384) and tf.pools == ("mean", "last")
-    assert tf.transcripts == [t.strip() for t in tiny.transcribe([clip_audio(p) for p in table.path])]
+    assert tf.transcripts == [t.strip() for t in run.transcribe(tiny, [clip_audio(p) for p in table.path])]
 
 
 @pytest.mark.parametrize("pool", ["mean", "max"])

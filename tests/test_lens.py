@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asrinterp_utils import lens
+from asrinterp_utils import lens, run
 from asrinterp_utils.cache import cache_activations
 
 
@@ -52,10 +52,10 @@ def test_encoder_lens_last_layer_reproduces_the_transcript():
     table = lens.encoder_lens(lm, waves)
     assert sorted(table.layer.unique()) == [0, 1, 2, 3]
     last = table[table.layer == 3].sort_values("clip").transcript.tolist()
-    assert last == lm.transcribe(waves)
+    assert last == run.transcribe(lm, waves)
     # and the logit lens on real speech: agreement rises to 1 at the output
     feats, _ = lm.features(waves)
-    result = lens.logit_lens(lm, feats, lm.generate_ids(waves))
+    result = lens.logit_lens(lm, feats, run.generate_ids(lm, waves))
     agreement = result.per_layer().top1_agreement
     assert agreement.iloc[-1] == 1.0 and agreement.iloc[0] < agreement.iloc[-1]
 
@@ -73,7 +73,7 @@ def test_decoding_from_given_encoder_states_equals_normal_decoding():
         feats, _ = lm.features(waves)
         with torch.no_grad():
             states = lm.model.model.encoder(feats).last_hidden_state
-        assert torch.equal(lm.generate_ids(None, encoder_states=states), lm.generate_ids(waves)), name
+        assert torch.equal(run.greedy(lm, states).ids, run.generate_ids(lm, waves)), name
 
 
 @pytest.mark.real
@@ -90,14 +90,14 @@ def test_greedy_decoding_from_states_does_not_depend_on_the_batch():
     with torch.no_grad(), cache_activations(lm, names, device=None) as cache:
         lm.model.model.encoder(feats)
     states = lm.model.model.encoder.layer_norm(torch.cat([cache[n] for n in names]))
-    together = lm.decode_greedy(states, max_new_tokens=24)
+    together = run.greedy(lm, states, max_new_tokens=24).ids
     assert together.shape[1] <= len(lm.prompt_ids()) + 24
     assert (together[:, len(lm.prompt_ids()):] < lm.model.generation_config.no_timestamps_token_id).all()
     for row in range(len(states)):
-        alone = lm.decode_greedy(states[row:row + 1], max_new_tokens=24)[0]
+        alone = run.greedy(lm, states[row:row + 1], max_new_tokens=24).ids[0]
         assert torch.equal(alone, together[row, :len(alone)]) and (together[row, len(alone):] == 50257).all()
     with cache_activations(lm, "dec.0.resid_post"):  # hooks attached: ended rows stay in the batch, same tokens
-        assert torch.equal(lm.decode_greedy(states, max_new_tokens=24), together)
+        assert torch.equal(run.greedy(lm, states, max_new_tokens=24).ids, together)
 
 
 def test_token_kinds():

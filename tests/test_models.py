@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 
-from asrinterp_utils import models
+from asrinterp_utils import models, run
 from asrinterp_utils.models import LoadedModel, ModelDims, ModelNotAvailableError, available_models, load_model
 
 # Six prompts of 5+ words, 2.8 to 5.7 s long (all well under Whisper's 30 s window).
@@ -275,7 +275,7 @@ def test_features_shapes_and_valid_frames(tiny):
     with pytest.raises(TypeError, match="list"):
         tiny.features(short)
     with pytest.raises(ValueError, match="max_new_tokens must be between 1 and 446"):
-        tiny.generate_ids([short], max_new_tokens=447)
+        run.generate_ids(tiny, [short], max_new_tokens=447)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -297,7 +297,7 @@ def test_greedy_ids_and_logits_match_ctranslate2(model_name, request, clips, ct2
     captured = []
     hook = loaded.model.model.encoder.register_forward_hook(lambda module, args, output: captured.append(output))
     try:
-        ours = loaded.generate_ids(audio, max_new_tokens=MAX_NEW_TOKENS)
+        ours = run.generate_ids(loaded, audio, max_new_tokens=MAX_NEW_TOKENS)
     finally:
         hook.remove()
     assert len(captured) == 1
@@ -378,7 +378,7 @@ def _words(text: str) -> list[str]:
 @pytest.mark.real
 def test_transcribe_matches_asterisk_transcripts(tiny, clips, transcripts):
     names = ["conf-onlyperson", "pbx-invalid"]
-    texts = tiny.transcribe([clips[n] for n in names])
+    texts = run.transcribe(tiny, [clips[n] for n in names])
     assert all(isinstance(t, str) and t == t.strip() and t for t in texts)
     for name, text in zip(names, texts):
         reference, heard = _words(transcripts[name]), set(_words(text))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asrinterp_utils import hooks, patching
+from asrinterp_utils import hooks, patching, run
 
 from ._toy_lm import toy_clips, toy_loaded_model
 
@@ -27,7 +27,7 @@ def _greedy(lm, clips):
     feats, _ = lm.features(clips)
     with torch.no_grad():
         states = patching._encoder_states(lm, feats)
-    return lm.text_ids(lm.decode_greedy(states, max_new_tokens=MAX_NEW))
+    return lm.text_ids(run.greedy(lm, states, max_new_tokens=MAX_NEW).ids)
 
 
 def test_unpatched_equals_greedy_and_all_cross_attention_gives_the_reference(lm, clips):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asrinterp_utils import audio, hooks, patching
+from asrinterp_utils import audio, hooks, patching, run
 from asrinterp_utils.cache import cache_activations
 
 pytestmark = pytest.mark.real
@@ -30,7 +30,7 @@ def speech():
 def test_hooked_real_model_matches_plain_hugging_face(tiny, speech):
     waves, _ = speech
     feats, n_frames = tiny.features(waves)
-    ids = tiny.generate_ids(waves)
+    ids = run.generate_ids(tiny, waves)
     out = tiny.model(feats, decoder_input_ids=ids, output_hidden_states=True)
     names = lambda n: not n.endswith("attn_pattern")  # noqa: E731 (1500 x 1500 per head: not needed here)
     with cache_activations(tiny, names) as cache:
@@ -51,7 +51,7 @@ def test_hooked_real_model_matches_plain_hugging_face(tiny, speech):
 def test_real_patching_known_answers(tiny, speech):
     waves, _ = speech
     feats, _ = tiny.features(waves)
-    ids = tiny.generate_ids(waves)
+    ids = run.generate_ids(tiny, waves)
     noise_feats, _ = tiny.features([audio.white_noise_like(w, seed=0) for w in waves])
     with cache_activations(tiny, ["enc.final", "dec.*.cross_head_out"]) as noise:
         noise_logits = tiny.model(noise_feats, decoder_input_ids=ids).logits
@@ -63,8 +63,8 @@ def test_real_patching_known_answers(tiny, speech):
         assert torch.allclose(tiny.model(feats, decoder_input_ids=ids).logits, noise_logits, atol=1e-3)
     # generation with the encoder replaced by noise transcribes like the noise run
     with hooks.patch(tiny, {"enc.final": hooks.replace(noise)}):
-        patched_text = tiny.transcribe(waves)
-    noise_text = tiny.transcribe([audio.white_noise_like(w, seed=0) for w in waves])
+        patched_text = run.transcribe(tiny, waves)
+    noise_text = run.transcribe(tiny, [audio.white_noise_like(w, seed=0) for w in waves])
     assert patched_text == noise_text
     assert hooks.active_hook_count(tiny) == 0
 
@@ -72,7 +72,7 @@ def test_real_patching_known_answers(tiny, speech):
 def test_real_batched_sweep_equals_naive(tiny, speech):
     waves, _ = speech
     feats, _ = tiny.features(waves[:1])
-    ids = tiny.generate_ids(waves[:1])
+    ids = run.generate_ids(tiny, waves[:1])
     noise_feats, _ = tiny.features([audio.white_noise_like(waves[0], seed=0)])
     with torch.no_grad(), cache_activations(tiny, "dec.*.cross_head_out") as noise:
         tiny.model(noise_feats, decoder_input_ids=ids)
@@ -91,7 +91,7 @@ def test_real_patched_generation_known_answers(tiny, speech):
     targets = [patching.PatchTarget("all cross", {"dec.*.cross_attn_out": hooks.replace(patching.REFERENCE)}),
                *patching.head_targets(tiny, "cross_head_out", source=patching.REFERENCE, layers=[3])[:2]]
     fast = patching.generate_sweep(tiny, waves, targets, max_new_tokens=40)
-    assert fast.baseline_texts == tiny.transcribe(waves, max_new_tokens=40)
+    assert fast.baseline_texts == run.transcribe(tiny, waves, max_new_tokens=40)
     assert fast.texts[0] == fast.reference_texts and fast.texts[0] != fast.baseline_texts
     slow = patching.generate_sweep(tiny, waves, targets[1:], max_new_tokens=40, method="naive")
     assert slow.token_ids == fast.token_ids[1:]

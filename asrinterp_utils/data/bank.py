@@ -40,9 +40,9 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
+from ..audio import SAMPLE_RATE
 from ..runtime import cache_dir, fast_mode
 
-SAMPLE_RATE = 16_000
 BANK_VERSION = 1  # bump when the way clips are made changes (every clip is then remade)
 SPLIT_RULE = "speaker, stratified by gender, 30% test"  # part of each table's cache key
 

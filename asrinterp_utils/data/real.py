@@ -51,6 +51,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
+from ..audio import SAMPLE_RATE
 from ..runtime import cache_dir, write_text_atomic
 
 __all__ = [
@@ -67,7 +68,6 @@ __all__ = [
     "pocketsphinx_clips",
 ]
 
-SAMPLE_RATE = 16_000
 COLUMNS = ["clip_id", "path", "text", "speaker", "gender", "accent", "source", "duration_s", "licence"]
 """The columns every speech source returns, at least (see the table above)."""
 

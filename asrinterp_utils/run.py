@@ -1,0 +1,593 @@
+"""Running Whisper: the one place where the package encodes, decodes greedily and teacher-forces.
+
+Every method above this module (lenses, probes, patching, mining loops, extraction, the chapters) runs Whisper
+through these three calls, as openai/whisper's ``decoding.py`` serves its ``model.py``::
+
+    enc = encode(lm, clips)                     # Encoded: features (B, n_mels, 3000), n_frames (B,), states (B, 1500, d)
+    out = greedy(lm, enc.states)                # Decoded: ids (B, prompt + steps), text_ids, hit_limit
+    logits = teacher_force(lm, enc.states, ids) # (B, tokens, vocab)
+
+What they share:
+
+* **Attention.** SDPA (PyTorch's fused attention) unless a hook reads an attention pattern, which only eager attention
+  computes; the model's own setting is restored afterwards.
+* **Cross-attention keys and values projected once.** The decoder's cross-attention reads a projection of the
+  encoder output, which does not change from step to step or from one patched copy of a clip to the next. The
+  decoding batch therefore holds *distinct* encoder outputs ``states (n_states, frames, d_model)`` and a routing
+  ``kv_rows (rows,)``: decoder row ``r`` reads ``states[kv_rows[r]]``. K patched copies of B clips are ``K * B`` rows
+  reading B states; nothing is copied K times (an attention function folds the copies into the query axis, so the
+  arithmetic is that of separate batches).
+* **Rows that follow other rows.** ``follow[r]`` is the row whose chosen token row ``r`` is fed. A reference row (the
+  same model on white noise, fed the patched row's tokens, see :func:`asrinterp_utils.patching.generate_sweep`)
+  follows its patched row and ends with it; only rows that lead get logits.
+* **Rows that end leave the batch**, with their followers, their keys and values, and their interventions (which are
+  re-attached with the remaining rows renumbered), so a batch of short and looping rows costs what its running rows
+  cost.
+* **Whisper's rules** for short-form English decoding without timestamps: the generation config's
+  ``suppress_tokens`` at every step, ``begin_suppress_tokens`` at the first, and the timestamp tokens (which
+  ``<|notimestamps|>`` rules out; early encoder layers can otherwise make the decoder emit them).
+
+The results are the same, token for token, whatever the batch size and however rows are grouped (tests assert it
+against Hugging Face ``generate`` and against one row at a time).
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .hooks import (HookPointError, Intervention, _index_list, active_hook_count, hf_model, patch,
+                    pattern_hook_sides, resolve_hook_points, whisper_core)
+
+__all__ = ["Encoded", "Decoded", "encode", "encode_features", "greedy", "teacher_force", "generate_ids", "transcribe",
+           "cross_attention_kv", "attention_for"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Attention: SDPA or eager, with cross-attention rows routed to shared keys and values
+# ---------------------------------------------------------------------------------------------------------------
+
+_ROUTE: contextvars.ContextVar["_Route | None"] = contextvars.ContextVar("asrinterp_route", default=None)
+_ROUTED = {"sdpa": "asrinterp_routed_sdpa", "eager": "asrinterp_routed_eager"}
+_registered = False
+
+
+class _Route:
+    """Which key/value row each query row of the cross-attention reads: ``kv_rows (rows,)`` into ``n_kv`` rows.
+
+    The rows reading one key row are folded into its query axis, padded to the largest group (``width``): queries
+    ``(rows, heads, T, d)`` become ``(n_kv, heads, width * T, d)``, attended, and unfolded. Padded query slots are
+    zero and their outputs are dropped.
+    """
+
+    def __init__(self, kv_rows: torch.Tensor, n_kv: int) -> None:
+        kv_rows = kv_rows.long()
+        self.n_rows, self.n_kv = len(kv_rows), n_kv
+        self.identity = self.n_rows == n_kv and bool(torch.equal(kv_rows.cpu(), torch.arange(n_kv)))
+        counts = torch.bincount(kv_rows.cpu(), minlength=n_kv)
+        self.width = int(counts.max()) if len(kv_rows) else 0
+        order = torch.argsort(kv_rows.cpu(), stable=True)
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(len(order)) - starts[kv_rows.cpu()[order]]
+        self.slot = (kv_rows.cpu() * self.width + rank).to(kv_rows.device)
+
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float | None,
+               eager: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``query (rows, heads, T, d)``, ``key``/``value (n_kv, heads, frames, d)`` -> ``(rows, T, heads, d)`` and,
+        for eager attention, the probabilities ``(rows, heads, T, frames)``."""
+        rows, heads, tokens, d_head = query.shape
+        n_kv, width = key.shape[0], self.width
+        slot = self.slot.to(query.device)
+        padded = query.new_zeros(n_kv * width, heads, tokens, d_head)
+        padded[slot] = query
+        q = padded.view(n_kv, width, heads, tokens, d_head).transpose(1, 2).reshape(n_kv, heads, width * tokens, d_head)
+        scale = 1.0 if scaling is None else scaling
+        if eager:
+            weights = torch.softmax(torch.matmul(q, key.transpose(2, 3)) * scale, dim=-1)
+            out = torch.matmul(weights, value)
+            weights = (weights.view(n_kv, heads, width, tokens, -1).transpose(1, 2)
+                       .reshape(n_kv * width, heads, tokens, -1)[slot])
+        else:
+            out, weights = torch.nn.functional.scaled_dot_product_attention(q, key, value, scale=scale), None
+        out = out.view(n_kv, heads, width, tokens, d_head).permute(0, 2, 3, 1, 4).reshape(n_kv * width, tokens, heads,
+                                                                                         d_head)
+        return out[slot], weights
+
+
+def _routed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, *, eager: bool,
+                      **kwargs):
+    """The attention function of :func:`attention_for`: cross-attention under an active route folds rows onto
+    their key/value rows; everything else is Hugging Face's eager or SDPA attention, unchanged."""
+    route = _ROUTE.get()
+    if route is not None and not route.identity and getattr(module, "_asrinterp_cross", False):
+        if attention_mask is not None:
+            raise RuntimeError("routed cross-attention reads every encoder frame; it takes no attention mask")
+        if query.shape[0] != route.n_rows or key.shape[0] != route.n_kv:
+            raise RuntimeError(f"routed cross-attention expected {route.n_rows} query rows over {route.n_kv} "
+                               f"key rows, got {query.shape[0]} over {key.shape[0]}")
+        return route.attend(query, key, value, scaling, eager)
+    if eager:
+        from transformers.models.whisper.modeling_whisper import eager_attention_forward
+
+        return eager_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout)
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                  **kwargs)
+
+
+def _register() -> None:
+    """Register the routed attention functions with transformers, once, on first use."""
+    global _registered
+    if _registered:
+        return
+    import functools
+
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
+    from transformers.modeling_utils import AttentionInterface
+
+    AttentionInterface.register(_ROUTED["eager"], functools.partial(_routed_attention, eager=True))
+    AttentionInterface.register(_ROUTED["sdpa"], functools.partial(_routed_attention, eager=False))
+    AttentionMaskInterface.register(_ROUTED["eager"], eager_mask)
+    AttentionMaskInterface.register(_ROUTED["sdpa"], sdpa_mask)
+    _registered = True
+
+
+def _mark_cross_attention(core: torch.nn.Module) -> None:
+    for layer in core.decoder.layers:
+        layer.encoder_attn._asrinterp_cross = True
+
+
+def attention_for(model: Any, side: str) -> str:
+    """``"eager"`` when a hook of this package reads an attention pattern on ``side`` (``"enc"`` or ``"dec"``):
+    only eager attention computes the probabilities; ``"sdpa"`` otherwise."""
+    return "eager" if side in pattern_hook_sides(model) else "sdpa"
+
+
+@contextlib.contextmanager
+def _attention(model: Any, side: str, kv_rows: torch.Tensor | None = None, n_kv: int = 0) -> Iterator[None]:
+    """Within the block, ``side``'s attention is SDPA or eager (:func:`attention_for`), and on the decoder side the
+    cross-attention is routed by ``kv_rows``; the model's own setting is restored on exit."""
+    core = whisper_core(model)
+    config = core.config
+    kind = attention_for(model, side)
+    saved = config._attn_implementation
+    token = None
+    if side == "dec":
+        _register()
+        _mark_cross_attention(core)
+        kind = _ROUTED[kind]
+        if kv_rows is not None:
+            token = _ROUTE.set(_Route(kv_rows, n_kv))
+    config._attn_implementation = kind
+    try:
+        yield
+    finally:
+        config._attn_implementation = saved
+        if token is not None:
+            _ROUTE.reset(token)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Encoding
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Encoded:
+    """Clips through the encoder.
+
+    Attributes:
+        features: log-mel ``(batch, n_mels, 3000)``, on the model's device and dtype.
+        n_frames: ``LongTensor (batch,)``: the encoder frames (of 1500, 20 ms each) that hold real audio.
+        states: the encoder output ``(batch, 1500, d_model)`` (after the final LayerNorm): what the decoder reads.
+    """
+
+    features: torch.Tensor
+    n_frames: torch.Tensor
+    states: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def select(self, rows: Sequence[int] | torch.Tensor) -> "Encoded":
+        """The clips ``rows``, in that order."""
+        index = torch.as_tensor(rows, dtype=torch.long)
+        return Encoded(self.features[index.to(self.features.device)], self.n_frames[index],
+                       self.states[index.to(self.states.device)])
+
+    @staticmethod
+    def concat(parts: Sequence["Encoded"]) -> "Encoded":
+        """The clips of several :class:`Encoded`, in order."""
+        return Encoded(torch.cat([p.features for p in parts]), torch.cat([p.n_frames for p in parts]),
+                       torch.cat([p.states for p in parts]))
+
+
+@torch.no_grad()
+def encode_features(model: Any, features: torch.Tensor, *, patches: Mapping[str, Any] | None = None,
+                    batch_size: int = 16) -> torch.Tensor:
+    """The encoder output ``(batch, 1500, d_model)`` of log-mel ``features (batch, n_mels, 3000)``, in batches of
+    ``batch_size``, with ``patches`` (hook-point name -> intervention, as :func:`asrinterp_utils.hooks.patch`)
+    applied. SDPA attention unless a hook reads an encoder pattern."""
+    core = whisper_core(model)
+    param = next(core.parameters())
+    features = features.to(device=param.device, dtype=param.dtype)
+    if patches and any(iv_rows_set(ivs) for ivs in patches.values()) and len(features) > batch_size:
+        batch_size = len(features)  # row-tied patches see the whole batch at once
+    outs = []
+    with _attention(model, "enc"), patch(model, patches or {}):
+        for start in range(0, len(features), batch_size):
+            outs.append(core.encoder(features[start:start + batch_size]).last_hidden_state)
+    return torch.cat(outs) if len(outs) > 1 else outs[0]
+
+
+def iv_rows_set(ivs: Any) -> bool:
+    """Whether an intervention (or a list of them) is tied to batch rows."""
+    ivs = ivs if isinstance(ivs, (list, tuple)) else [ivs]
+    return any(isinstance(iv, Intervention) and (iv.rows is not None or iv.mode == "from_rows") for iv in ivs)
+
+
+@torch.no_grad()
+def encode(lm: Any, clips: Sequence[np.ndarray], *, patches: Mapping[str, Any] | None = None,
+           batch_size: int = 16) -> Encoded:
+    """Log-mel features, real frame counts and encoder output of ``clips`` (1-D float32 arrays at 16 kHz, at most
+    30 s each): :class:`Encoded`. The encoder runs in batches of ``batch_size`` clips."""
+    features, n_frames = lm.features(list(clips))
+    return Encoded(features, n_frames, encode_features(lm, features, patches=patches, batch_size=batch_size))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cross-attention keys and values
+# ---------------------------------------------------------------------------------------------------------------
+
+def cross_attention_kv(model: Any, states: torch.Tensor):
+    """Project the encoder output ``states (n_states, frames, d_model)`` to every decoder layer's cross-attention
+    keys and values, ``(n_states, heads, frames, d_head)`` each, as a transformers ``DynamicCache`` that the
+    decoder reads instead of recomputing them."""
+    from transformers.cache_utils import DynamicCache
+
+    core = whisper_core(model)
+    cross = DynamicCache()
+    for i, layer in enumerate(core.decoder.layers):
+        attn = layer.encoder_attn
+        shape = (states.shape[0], -1, attn.num_heads, attn.head_dim)
+        k = attn.k_proj(states).view(shape).transpose(1, 2).contiguous()
+        v = attn.v_proj(states).view(shape).transpose(1, 2).contiguous()
+        cross.update(k, v, i)
+    return cross
+
+
+def _decoder_cache(model: Any, cross):
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    cache = EncoderDecoderCache(DynamicCache(), cross)
+    for i in range(len(whisper_core(model).decoder.layers)):
+        cache.is_updated[i] = True
+    return cache
+
+
+def _check_states(model: Any, states: torch.Tensor, kv_rows: torch.Tensor | None, n_rows_name: str) -> torch.Tensor:
+    core = whisper_core(model)
+    d_model = core.config.d_model
+    if not isinstance(states, torch.Tensor) or states.ndim != 3 or states.shape[-1] != d_model:
+        shape = tuple(states.shape) if isinstance(states, torch.Tensor) else type(states).__name__
+        raise ValueError(f"states must be the encoder output (n_states, frames, {d_model}); got {shape}.")
+    if kv_rows is None:
+        return torch.arange(len(states))
+    kv_rows = torch.as_tensor(kv_rows, dtype=torch.long).cpu().flatten()
+    if len(kv_rows) == 0 or int(kv_rows.min()) < 0 or int(kv_rows.max()) >= len(states):
+        raise ValueError(f"kv_rows must index the {len(states)} rows of states (0..{len(states) - 1}), one per "
+                         f"{n_rows_name}; got values {kv_rows.unique().tolist()[:8]}")
+    return kv_rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Teacher forcing
+# ---------------------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def teacher_force(model: Any, states: torch.Tensor, decoder_input_ids: torch.Tensor, *,
+                  kv_rows: Sequence[int] | torch.Tensor | None = None,
+                  patches: Mapping[str, Any] | None = None, logits: bool = True) -> torch.Tensor:
+    """One decoder forward over given tokens.
+
+    Args:
+        states: distinct encoder outputs ``(n_states, frames, d_model)``.
+        decoder_input_ids: ``(rows, tokens)``, prompt included.
+        kv_rows: ``(rows,)``: the states row each decoder row reads (default: row ``r`` reads ``states[r]``). K
+            stacked copies of B clips: ``kv_rows = arange(K * B) % B``; the keys and values are projected once.
+        patches: interventions during the forward (hook-point name -> intervention, as
+            :func:`asrinterp_utils.hooks.patch`).
+        logits: return the logits ``(rows, tokens, vocab)`` (default) or the final hidden state ``dec.final``
+            ``(rows, tokens, d_model)``.
+    """
+    core = whisper_core(model)
+    param = next(core.parameters())
+    states = states.to(device=param.device, dtype=param.dtype)
+    ids = torch.as_tensor(decoder_input_ids).to(param.device)
+    kv = _check_states(model, states, kv_rows, "row of decoder_input_ids")
+    if ids.ndim != 2 or len(ids) != len(kv):
+        raise ValueError(f"decoder_input_ids must be (rows, tokens) with one row per kv_rows entry ({len(kv)}); got "
+                         f"{tuple(ids.shape)}")
+    with _attention(model, "dec", kv, len(states)), patch(model, patches or {}):
+        cache = _decoder_cache(model, cross_attention_kv(model, states))
+        hidden = core.decoder(input_ids=ids, encoder_hidden_states=states, cache=cache,
+                              use_cache=True).last_hidden_state
+    if not logits:
+        return hidden
+    proj_out = getattr(hf_model(model), "proj_out", None)
+    if proj_out is None:
+        raise TypeError("teacher_force needs a model with an unembedding (WhisperForConditionalGeneration)")
+    return proj_out(hidden)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Greedy decoding
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Decoded:
+    """Greedy transcripts of a decoding batch.
+
+    Attributes:
+        ids: ``LongTensor (rows, n_prompt + n_steps)`` on the CPU: the prompt, the generated tokens, then
+            ``<|endoftext|>`` (rows that ended earlier are padded with it; a row cut at ``max_new_tokens`` has none).
+        text_ids: per row, the generated text tokens up to the first ``<|endoftext|>``.
+        hit_limit: per row, True when it ran to ``max_new_tokens`` without ending.
+        n_prompt: the prompt's length.
+    """
+
+    ids: torch.Tensor
+    text_ids: list[list[int]]
+    hit_limit: list[bool]
+    n_prompt: int
+
+    def texts(self, tokenizer: Any) -> list[str]:
+        """The transcripts, special tokens removed and stripped."""
+        return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in self.text_ids]
+
+
+def _prompt_and_rules(model: Any, suppress_timestamps: bool):
+    """The prompt ids, the end-of-text id and the suppression masks ``(vocab,)`` at the first and later steps, for
+    a :class:`~asrinterp_utils.models.LoadedModel` or a bare Hugging Face Whisper (its decoder start token)."""
+    if hasattr(model, "prompt_ids") and hasattr(model, "suppression_masks"):
+        at_start, always = model.suppression_masks(suppress_timestamps)
+        return model.prompt_ids(), int(model.model.generation_config.eos_token_id), at_start, always
+    hf = hf_model(model)
+    vocab = hf.config.vocab_size
+    device = next(hf.parameters()).device
+    none = torch.zeros(vocab, dtype=torch.bool, device=device)
+    return [int(hf.config.decoder_start_token_id)], int(hf.config.eos_token_id), none, none
+
+
+def _normalise(patches: Mapping[str, Any] | None) -> dict[str, list[Intervention]]:
+    from .hooks import replace
+
+    plan: dict[str, list[Intervention]] = {}
+    for name, ivs in (patches or {}).items():
+        ivs = list(ivs) if isinstance(ivs, (list, tuple)) else [ivs]
+        plan[name] = [iv if isinstance(iv, Intervention) else replace(iv) for iv in ivs]
+    return plan
+
+
+def _remappable(plan: dict[str, list[Intervention]]) -> bool:
+    """Whether every intervention survives rows leaving the batch: it names its rows (they are renumbered) and its
+    value has no batch axis of its own, or it applies to every row alike."""
+    def batchless(value: Any) -> bool:
+        if value is None or isinstance(value, (int, float)):
+            return True
+        return isinstance(value, torch.Tensor) and (value.dim() <= 2 or value.shape[0] == 1)
+
+    for ivs in plan.values():
+        for iv in ivs:
+            if iv.mode == "from_rows" or iv.mode in ("zero", "scale"):
+                continue
+            if iv.mode == "fn" or not batchless(iv.value):
+                return False
+    return True
+
+
+def _remap(plan: dict[str, list[Intervention]], position: torch.Tensor, n_rows: int) -> dict[str, list[Intervention]]:
+    """The plan after rows left the batch: ``position[r]`` is original row ``r``'s new index (-1: gone)."""
+    out: dict[str, list[Intervention]] = {}
+    for name, ivs in plan.items():
+        kept = []
+        for iv in ivs:
+            if iv.rows is None and iv.mode != "from_rows":
+                kept.append(iv)
+                continue
+            rows = _index_list(iv.rows, n_rows, "rows") if iv.rows is not None else torch.arange(n_rows)
+            new_rows = position[rows]
+            if iv.mode == "from_rows":
+                src = _index_list(iv.value, n_rows, "source rows")
+                new_src = position[src]
+                if bool(((new_rows >= 0) & (new_src < 0)).any()):
+                    raise RuntimeError(f"{name}: a from_rows source row left the batch before its patched row; "
+                                       "make the source rows follow the patched rows")
+                alive = new_rows >= 0
+                if bool(alive.any()):
+                    kept.append(Intervention("from_rows", new_src[alive].tolist(), iv.heads, iv.positions,
+                                             new_rows[alive].tolist()))
+            else:
+                alive = new_rows >= 0
+                if bool(alive.any()):
+                    kept.append(Intervention(iv.mode, iv.value, iv.heads, iv.positions, new_rows[alive].tolist()))
+        if kept:
+            out[name] = kept
+    return out
+
+
+@torch.no_grad()
+def greedy(model: Any, states: torch.Tensor, *, max_new_tokens: int = 128,
+           kv_rows: Sequence[int] | torch.Tensor | None = None, follow: Sequence[int] | torch.Tensor | None = None,
+           patches: Mapping[str, Any] | None = None, suppress_timestamps: bool = True,
+           compact: bool = True) -> Decoded:
+    """Greedy decoding with one KV-cached loop, the same tokens whatever the batch size.
+
+    Args:
+        states: distinct encoder outputs ``(n_states, frames, d_model)`` (from :func:`encode`, or an intermediate
+            encoder layer's states for the encoder lens).
+        max_new_tokens: most tokens per row after the prompt (``len(prompt) + max_new_tokens <= 448``).
+        kv_rows: ``(rows,)``: the states row each decoder row reads (default one row per state).
+        follow: ``(rows,)``: the row whose chosen token each row is fed (default itself). A row that follows
+            another one gets no logits of its own and ends with it: a reference run stepping beside a patched run.
+            A leader must follow itself.
+        patches: interventions during decoding (hook-point name -> intervention, as
+            :func:`asrinterp_utils.hooks.patch`). Interventions tied to rows (``rows=...``, ``from_rows``) name rows of
+            this batch; when rows end they are renumbered.
+        suppress_timestamps: forbid the timestamp tokens (default True).
+        compact: let ended rows leave the batch (default). Kept off automatically when a hook of this package is
+            attached outside this call (a cache stitches steps by row) or a patch cannot be renumbered.
+
+    Returns:
+        :class:`Decoded`.
+    """
+    core = whisper_core(model)
+    param = next(core.parameters())
+    device, dtype = param.device, param.dtype
+    n_ctx = int(core.config.max_target_positions)
+    prompt, end_of_text, at_start, always = _prompt_and_rules(model, suppress_timestamps)
+    if not 1 <= int(max_new_tokens) <= n_ctx - len(prompt):
+        raise ValueError(f"max_new_tokens must be between 1 and {n_ctx - len(prompt)} (the decoder holds {n_ctx} "
+                         f"positions, the prompt uses {len(prompt)}); got {max_new_tokens}.")
+    states = states.to(device=device, dtype=dtype)
+    kv = _check_states(model, states, kv_rows, "decoder row")
+    n_rows = len(kv)
+    if follow is None:
+        leader = torch.arange(n_rows)
+    else:
+        leader = torch.as_tensor(follow, dtype=torch.long).cpu().flatten()
+        if len(leader) != n_rows or int(leader.min()) < 0 or int(leader.max()) >= n_rows:
+            raise ValueError(f"follow must give one row index in 0..{n_rows - 1} per decoder row ({n_rows}); got "
+                             f"{len(leader)} values")
+        if not bool((leader[leader] == leader).all()):
+            raise ValueError("follow: a row that others follow must follow itself (no chains)")
+    plan = _normalise(patches)
+    compact = compact and active_hook_count(model) == 0 and _remappable(plan)
+    proj_out = hf_model(model).proj_out
+    suppress_first, suppress_always = torch.nonzero(at_start).squeeze(1), torch.nonzero(always).squeeze(1)
+    is_leader = leader == torch.arange(n_rows)
+    # Followers that no intervention targets are identical while they read the same states and have been fed the
+    # same tokens: they share one batch row (forked when their leaders' tokens part).
+    mergeable = ~is_leader & ~_targeted_rows(plan, n_rows) if compact else torch.zeros(n_rows, dtype=torch.bool)
+
+    out = torch.full((n_rows, max_new_tokens), end_of_text, dtype=torch.long)
+    ended = torch.zeros(n_rows, dtype=torch.bool)
+    # The batch: physical rows. phys_of[v]: the physical row of (the caller's) row v, -1 once it has ended.
+    keys = [(-1, int(kv[v])) if mergeable[v] else v for v in range(n_rows)]
+    phys_of, first = _group(keys)
+    phys_kv = kv[first]
+    step_input = torch.tensor([prompt] * len(first), device=device)
+    cache = _decoder_cache(model, cross_attention_kv(model, states))
+    n_kv = len(states)
+    n_steps = 0
+    stack = contextlib.ExitStack()
+
+    def attach():
+        stack.close()
+        stack.enter_context(_attention(model, "dec", phys_kv, n_kv))
+        stack.enter_context(patch(model, plan if torch.equal(phys_of, torch.arange(n_rows)) else
+                                  _remap(plan, phys_of, n_rows)))
+
+    attach()
+    try:
+        for step in range(max_new_tokens):
+            hidden = core.decoder(input_ids=step_input, encoder_hidden_states=states, cache=cache,
+                                  use_cache=True).last_hidden_state
+            lead_rows = torch.nonzero(is_leader & ~ended).squeeze(1)  # only leaders still writing get logits
+            logits = proj_out(hidden[phys_of[lead_rows].to(device), -1]).float()
+            logits.index_fill_(1, suppress_first if step == 0 else suppress_always, float("-inf"))
+            chosen = torch.full((n_rows,), end_of_text, dtype=torch.long)
+            chosen[lead_rows] = logits.argmax(-1).cpu()
+            next_ids = torch.where(ended, end_of_text, chosen[leader])
+            out[:, step] = next_ids
+            n_steps = step + 1
+            ended = ended | (next_ids == end_of_text)
+            if bool(ended.all()):
+                break
+            if compact:  # ended rows leave; merged followers whose tokens part get a row each
+                keys = [None if ended[v] else (int(phys_of[v]), int(next_ids[v])) if mergeable[v] else v
+                        for v in range(n_rows)]
+                new_phys_of, first = _group(keys)
+                source = phys_of[first]  # the old row each new row continues
+                if not torch.equal(source, torch.arange(len(step_input))):
+                    cache.self_attention_cache.batch_select_indices(source.to(device))
+                    used, phys_kv = torch.unique(phys_kv[source], return_inverse=True)
+                    if len(used) < n_kv:  # drop keys and values no running row reads
+                        cache.cross_attention_cache.batch_select_indices(used.to(device))
+                        states = states[used.to(device)]
+                        n_kv = len(used)
+                    phys_of = new_phys_of
+                    attach()
+                step_input = next_ids[first][:, None].to(device)
+            else:
+                step_input = next_ids[:, None].to(device)
+    finally:
+        stack.close()
+    ids = torch.cat([torch.tensor([prompt] * n_rows), out[:, :n_steps]], dim=1)
+    text_ids = [row[:row.index(end_of_text)] if end_of_text in row else row for row in out[:, :n_steps].tolist()]
+    hit_limit = [len(row) == n_steps == max_new_tokens for row in text_ids]
+    return Decoded(ids=ids, text_ids=text_ids, hit_limit=hit_limit, n_prompt=len(prompt))
+
+
+def _group(keys: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows with equal keys share a physical row (``None``: the row has ended). Returns ``phys_of (rows,)`` (-1 for
+    ended rows) and ``first (n_physical,)``, the first row of each physical row."""
+    phys_of = torch.full((len(keys),), -1, dtype=torch.long)
+    index: dict = {}
+    first = []
+    for v, key in enumerate(keys):
+        if key is None:
+            continue
+        if key not in index:
+            index[key] = len(first)
+            first.append(v)
+        phys_of[v] = index[key]
+    return phys_of, torch.tensor(first, dtype=torch.long)
+
+
+def _targeted_rows(plan: dict[str, list[Intervention]], n_rows: int) -> torch.Tensor:
+    """``(rows,)`` bool: rows that an intervention tied to rows writes (its ``rows``)."""
+    targeted = torch.zeros(n_rows, dtype=torch.bool)
+    for ivs in plan.values():
+        for iv in ivs:
+            if iv.rows is None:
+                if iv.mode == "from_rows":
+                    targeted[:] = True
+                continue
+            targeted[_index_list(iv.rows, n_rows, "rows")] = True
+    return targeted
+
+
+def check_decoder_only(model: Any, patches: Mapping[str, Any]) -> None:
+    """Raise :class:`HookPointError` when ``patches`` name an encoder point (decoding reads fixed states)."""
+    for name in patches:
+        for point in resolve_hook_points(model, name):
+            if point.side != "dec":
+                raise HookPointError(f"{point.name}: greedy() decodes from given encoder states, so encoder patches "
+                                     "have no effect there; patch the encoder with encode(..., patches=...)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Transcripts of audio
+# ---------------------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def generate_ids(lm: Any, clips: Sequence[np.ndarray], max_new_tokens: int = 128, *, batch_size: int = 16
+                 ) -> torch.LongTensor:
+    """Greedy decoding (English, no timestamps) of clips (1-D float32 arrays at 16 kHz, at most 30 s), prompt
+    included: ``LongTensor (batch, len(prompt) + n_new)`` on the CPU, laid out as :attr:`Decoded.ids` (the text of row
+    ``i`` is ``row[len(prompt):]`` up to its first ``<|endoftext|>``). The same tokens as Hugging Face ``generate``
+    (a test asserts it)."""
+    return greedy(lm, encode(lm, clips, batch_size=batch_size).states, max_new_tokens=max_new_tokens).ids
+
+
+def transcribe(lm: Any, clips: Sequence[np.ndarray], max_new_tokens: int = 128, *, batch_size: int = 16
+               ) -> list[str]:
+    """Greedy English transcripts (no timestamps), one stripped string per clip (1-D float32 arrays at 16 kHz)."""
+    states = encode(lm, clips, batch_size=batch_size).states
+    return greedy(lm, states, max_new_tokens=max_new_tokens).texts(lm.tokenizer)
