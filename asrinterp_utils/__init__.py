@@ -22,12 +22,16 @@ The package behind the executable book "Beyond Transcription, executed". One mod
 ``exercises``   self-checks for the chapters' exercises
 ==============  =====================================================================================
 """
-from .audio import AudioError, load_audio, make_batch
-from .cache import ActivationCache, cache_activations
-from .hooks import HookPointError, add, apply, hook_point_table, mean_ablate, patch, replace, scale, zero
-from .models import LoadedModel, ModelNotAvailableError, load_model
-from .run import encode, generate_ids, greedy, teacher_force, transcribe
-from .runtime import fast_mode
+from . import runtime as _runtime
+
+_runtime.configure_threads()  # before anything imports torch: OpenMP reads its wait policy when it starts
+
+from .audio import AudioError, load_audio, make_batch  # noqa: E402
+from .cache import ActivationCache, cache_activations  # noqa: E402
+from .hooks import HookPointError, add, apply, hook_point_table, mean_ablate, patch, replace, scale, zero  # noqa: E402
+from .models import LoadedModel, ModelNotAvailableError, load_model  # noqa: E402
+from .run import encode, generate_ids, greedy, teacher_force, transcribe  # noqa: E402
+from .runtime import fast_mode  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [

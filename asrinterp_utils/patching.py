@@ -235,7 +235,7 @@ def _encoder_sweep(model: Any, feats: torch.Tensor, ids: torch.Tensor, targets: 
         k, start = len(chunk), first[chunk[0]]
         name = f"enc.{start}.resid_pre" if start <= last else f"enc.{last}.resid_post"  # enc.final: LN input
         hidden = prefix[name].to(feats.device, feats.dtype).repeat(k, 1, 1)
-        with patch(model, _batched_interventions([targets[i] for i in chunk], batch)):
+        with run.attention_mode(model, "enc"), patch(model, _batched_interventions([targets[i] for i in chunk], batch)):
             for layer in encoder.layers[start:]:
                 hidden = layer(hidden, None)
             hidden = encoder.layer_norm(hidden)

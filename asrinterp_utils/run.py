@@ -40,11 +40,11 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from .hooks import (HookPointError, Intervention, _index_list, active_hook_count, hf_model, patch,
-                    pattern_hook_sides, resolve_hook_points, whisper_core)
+from .hooks import (Intervention, _index_list, active_hook_count, hf_model, patch, pattern_hook_sides,
+                    whisper_core)
 
 __all__ = ["Encoded", "Decoded", "encode", "encode_features", "greedy", "teacher_force", "generate_ids", "transcribe",
-           "cross_attention_kv", "attention_for"]
+           "cross_attention_kv", "attention_for", "attention_mode"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -150,7 +150,7 @@ def attention_for(model: Any, side: str) -> str:
 
 
 @contextlib.contextmanager
-def _attention(model: Any, side: str, kv_rows: torch.Tensor | None = None, n_kv: int = 0) -> Iterator[None]:
+def attention_mode(model: Any, side: str, kv_rows: torch.Tensor | None = None, n_kv: int = 0) -> Iterator[None]:
     """Within the block, ``side``'s attention is SDPA or eager (:func:`attention_for`), and on the decoder side the
     cross-attention is routed by ``kv_rows``; the model's own setting is restored on exit."""
     core = whisper_core(model)
@@ -219,7 +219,7 @@ def encode_features(model: Any, features: torch.Tensor, *, patches: Mapping[str,
     if patches and any(iv_rows_set(ivs) for ivs in patches.values()) and len(features) > batch_size:
         batch_size = len(features)  # row-tied patches see the whole batch at once
     outs = []
-    with _attention(model, "enc"), patch(model, patches or {}):
+    with attention_mode(model, "enc"), patch(model, patches or {}):
         for start in range(0, len(features), batch_size):
             outs.append(core.encoder(features[start:start + batch_size]).last_hidden_state)
     return torch.cat(outs) if len(outs) > 1 else outs[0]
@@ -313,7 +313,7 @@ def teacher_force(model: Any, states: torch.Tensor, decoder_input_ids: torch.Ten
     if ids.ndim != 2 or len(ids) != len(kv):
         raise ValueError(f"decoder_input_ids must be (rows, tokens) with one row per kv_rows entry ({len(kv)}); got "
                          f"{tuple(ids.shape)}")
-    with _attention(model, "dec", kv, len(states)), patch(model, patches or {}):
+    with attention_mode(model, "dec", kv, len(states)), patch(model, patches or {}):
         cache = _decoder_cache(model, cross_attention_kv(model, states))
         hidden = core.decoder(input_ids=ids, encoder_hidden_states=states, cache=cache,
                               use_cache=True).last_hidden_state
@@ -489,7 +489,7 @@ def greedy(model: Any, states: torch.Tensor, *, max_new_tokens: int = 128,
 
     def attach():
         stack.close()
-        stack.enter_context(_attention(model, "dec", phys_kv, n_kv))
+        stack.enter_context(attention_mode(model, "dec", phys_kv, n_kv))
         stack.enter_context(patch(model, plan if torch.equal(phys_of, torch.arange(n_rows)) else
                                   _remap(plan, phys_of, n_rows)))
 
@@ -561,15 +561,6 @@ def _targeted_rows(plan: dict[str, list[Intervention]], n_rows: int) -> torch.Te
                 continue
             targeted[_index_list(iv.rows, n_rows, "rows")] = True
     return targeted
-
-
-def check_decoder_only(model: Any, patches: Mapping[str, Any]) -> None:
-    """Raise :class:`HookPointError` when ``patches`` name an encoder point (decoding reads fixed states)."""
-    for name in patches:
-        for point in resolve_hook_points(model, name):
-            if point.side != "dec":
-                raise HookPointError(f"{point.name}: greedy() decodes from given encoder states, so encoder patches "
-                                     "have no effect there; patch the encoder with encode(..., patches=...)")
 
 
 # ---------------------------------------------------------------------------------------------------------------

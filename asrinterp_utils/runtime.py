@@ -12,6 +12,22 @@ from pathlib import Path
 
 FAST_ENV = "ASRINTERP_FAST"
 CACHE_ENV = "ASRINTERP_CACHE"
+WAIT_POLICY_ENV = "ASRINTERP_OMP_WAIT_POLICY"
+
+
+def configure_threads() -> None:
+    """Make PyTorch's OpenMP threads sleep, not spin, when they wait: ``OMP_WAIT_POLICY=PASSIVE``, unless the
+    environment sets ``OMP_WAIT_POLICY`` already or ``ASRINTERP_OMP_WAIT_POLICY=unset`` asks to leave it alone.
+
+    With the default policy a thread that reaches a barrier spins; when another process runs on the same cores the
+    spinning threads take the cores from the very thread they wait for, and Whisper's decoding, thousands of small
+    operations each ending at a barrier, runs many times slower (``benchmarks/threads.py`` measures it). OpenMP reads
+    the variable when it starts, so this runs when the package is imported, before torch, and does nothing if torch
+    was imported first (then set the variable in the shell, or call ``torch.set_num_threads(1)`` in one process).
+    """
+    if os.environ.get(WAIT_POLICY_ENV, "").strip().lower() == "unset":
+        return
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def fast_mode() -> bool:
