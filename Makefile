@@ -9,6 +9,9 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 PYTHON ?= python3
+# PyTorch's OpenMP threads sleep instead of spinning while they wait: with two processes on two cores, spinning
+# makes decoding several times slower (benchmarks/results/threads.json). The package sets it on import too.
+export OMP_WAIT_POLICY ?= PASSIVE
 VENV := .venv
 PY := $(VENV)/bin/python
 JB := $(VENV)/bin/jupyter-book

@@ -1,0 +1,52 @@
+"""Write how long a build took: each step of ``.ci/run`` and each page of the full book.
+
+    python scripts/build_times.py --cache empty --make-test-s 540 --make-book-s 1500 [--out FILE]
+
+The page times come from the full book's execution cache (``_build/.jupyter_cache/global.db``), the step times from
+the caller (``.ci/run`` measures them). ``--cache`` says whether ``$ASRINTERP_CACHE`` (speech bank, features, mined
+loops, converted weights) was ``empty`` or ``warm`` when the run started. The JSON is what the book's performance
+page shows; ``benchmarks/results/build_times.json`` is the one from a fresh clone with an empty cache.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from asrinterp_utils.reports import chapter_times  # noqa: E402
+from asrinterp_utils.runtime import write_text_atomic  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--cache", choices=("empty", "warm"), required=True)
+    parser.add_argument("--make-test-s", type=float, required=True)
+    parser.add_argument("--make-book-s", type=float, required=True)
+    parser.add_argument("--db", type=Path, default=ROOT / "_build" / ".jupyter_cache" / "global.db")
+    parser.add_argument("--out", type=Path, default=ROOT / "_build" / "build_times.json")
+    args = parser.parse_args()
+    times = chapter_times(args.db)
+    payload = {
+        "cache": args.cache,
+        "make_test_s": round(args.make_test_s, 1),
+        "make_book_s": round(args.make_book_s, 1),
+        "ci_run_s": round(args.make_test_s + args.make_book_s, 1),
+        "chapters": {row.page: round(row.seconds, 1) for row in times.itertuples()},
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
+                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(args.out, json.dumps(payload, indent=2) + "\n")
+    print(f"build_times: wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
