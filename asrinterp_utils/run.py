@@ -516,10 +516,12 @@ def greedy(model: Any, states: torch.Tensor, *, max_new_tokens: int = 128,
                 source = phys_of[first]  # the old row each new row continues
                 if not torch.equal(source, torch.arange(len(step_input))):
                     cache.self_attention_cache.batch_select_indices(source.to(device))
-                    used, phys_kv = torch.unique(phys_kv[source], return_inverse=True)
-                    if len(used) < n_kv:  # drop keys and values no running row reads
+                    phys_kv = phys_kv[source]
+                    used = torch.unique(phys_kv)
+                    if 2 * len(used) <= n_kv:  # drop the keys and values no running row reads, once half are dead
                         cache.cross_attention_cache.batch_select_indices(used.to(device))
                         states = states[used.to(device)]
+                        phys_kv = torch.searchsorted(used, phys_kv)
                         n_kv = len(used)
                     phys_of = new_phys_of
                     attach()
