@@ -167,7 +167,7 @@ def encoder_lens(lm: Any, audio_list: Sequence[np.ndarray], references: Sequence
 
     The encoder runs once per batch of clips with every layer's output cached; the decoder then decodes all
     ``clips x layers`` states of the batch together, greedily
-    (:meth:`~asrinterp_utils.models.LoadedModel.decode_greedy`: the same tokens whatever the batch size, timestamp
+    (:func:`~asrinterp_utils.run.greedy`: the same tokens whatever the batch size, timestamp
     tokens suppressed).
 
     Args:

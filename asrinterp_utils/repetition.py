@@ -26,8 +26,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from . import store
 from .audio import SAMPLE_RATE
-from . import run
 from .metrics import is_repetitive, longest_repeat, normalize_text, word_error_rate
 from .runtime import cache_dir, write_text_atomic
 
@@ -132,16 +132,15 @@ def mine_loops(lm: Any, candidates: pd.DataFrame, *, max_new_tokens: int = 96, b
     path = cache_dir("repetition") / f"{_candidates_key(lm, candidates, max_new_tokens)}.csv"
     if use_cache and path.exists():
         return pd.read_csv(path, keep_default_na=False)
-    transcripts, n_tokens = [], []
-    starts = range(0, len(candidates), batch_size)
+    audio = list(candidates.audio)
+    done = []
+    starts = range(0, len(audio), batch_size)
     if progress:
         from tqdm.auto import tqdm
         starts = tqdm(starts, desc=f"mining loops ({getattr(lm, 'name', 'model')})")
-    for s in starts:
-        states = run.encode(lm, list(candidates.audio.iloc[s:s + batch_size])).states
-        ids = run.greedy(lm, states, max_new_tokens=max_new_tokens).text_ids
-        transcripts += [lm.tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
-        n_tokens += [len(row) for row in ids]
+    for s in starts:  # each clip's transcript is read from the store if another run decoded it already
+        done += store.transcripts(lm, audio[s:s + batch_size], max_new_tokens=max_new_tokens, batch_size=batch_size)
+    transcripts, n_tokens = [t.text for t in done], [len(t.text_ids) for t in done]
     table = candidates.drop(columns=["audio"]).copy()
     table["transcript"], table["n_tokens"] = transcripts, n_tokens
     table["hit_limit"] = table.n_tokens >= max_new_tokens

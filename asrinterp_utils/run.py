@@ -386,6 +386,8 @@ def _remappable(plan: dict[str, list[Intervention]]) -> bool:
         for iv in ivs:
             if iv.mode == "from_rows" or iv.mode in ("zero", "scale"):
                 continue
+            if iv.mode == "mean" and iv.value is None:
+                return False  # the mean over this batch changes when rows leave it
             if iv.mode == "fn" or not batchless(iv.value):
                 return False
     return True
@@ -573,7 +575,7 @@ def _targeted_rows(plan: dict[str, list[Intervention]], n_rows: int) -> torch.Te
 def generate_ids(lm: Any, clips: Sequence[np.ndarray], max_new_tokens: int = 128, *, batch_size: int = 16
                  ) -> torch.LongTensor:
     """Greedy decoding (English, no timestamps) of clips (1-D float32 arrays at 16 kHz, at most 30 s), prompt
-    included: ``LongTensor (batch, len(prompt) + n_new)`` on the CPU, laid out as :attr:`Decoded.ids` (the text of row
+    included: ``LongTensor (batch, len(prompt) + n_new)`` on the CPU, laid out as ``Decoded.ids`` (the text of row
     ``i`` is ``row[len(prompt):]`` up to its first ``<|endoftext|>``). The same tokens as Hugging Face ``generate``
     (a test asserts it)."""
     return greedy(lm, encode(lm, clips, batch_size=batch_size).states, max_new_tokens=max_new_tokens).ids

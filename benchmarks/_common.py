@@ -68,3 +68,16 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
         a @ b
         best = min(best, time.perf_counter() - t0)
     return 2 * n ** 3 / best
+
+
+def read_bandwidth(n_bytes: int = 1 << 28, repeats: int = 5) -> float:
+    """Bytes per second this machine reads from memory: the best of ``repeats`` sums over a 256 MB float32 array
+    (larger than any cache), the limit of a step of greedy decoding that reads cross-attention keys and values."""
+    x = torch.ones(n_bytes // 4)
+    x.sum()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t0)
+    return n_bytes / best

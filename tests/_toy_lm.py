@@ -1,9 +1,8 @@
 """A :class:`LoadedModel` around the random-initialised toy Whisper of ``conftest.random_whisper``, for tests that
-need ``features`` / ``generate_ids`` without real weights (and for ``scripts/extract_features.py --toy``).
+need ``features`` and the execution layer (``run.encode``, ``run.greedy``) without real weights (and for ``scripts/extract_features.py --toy``).
 
 Everything but the prompt is LoadedModel's own code: ``features`` runs a real ``WhisperFeatureExtractor`` with a
-3 s window (mel ``(batch, 80, 300)``, the toy encoder's 150 frames), and ``generate_ids(None, encoder_states=...)``
-runs :meth:`LoadedModel.decode_greedy`. The toy has no tokenizer, so :meth:`ToyLoadedModel.prompt_ids` is a fixed
+3 s window (mel ``(batch, 80, 300)``, the toy encoder's 150 frames). The toy has no tokenizer, so :meth:`ToyLoadedModel.prompt_ids` is a fixed
 two-token prompt. The vocabulary is small (8 tokens, ``<|endoftext|>`` = 2) and the encoder's convolutions (x10)
 and the cross-attention projections (x30) are scaled up from the random init, so that the audio steers the greedy
 hypothesis: with the default seed the toy clips give different hypotheses, of different lengths (some end at

@@ -62,7 +62,7 @@ def test_encoder_lens_last_layer_reproduces_the_transcript():
 
 @pytest.mark.real
 def test_decoding_from_given_encoder_states_equals_normal_decoding():
-    """generate_ids(encoder_states=...) on the encoder's own output reproduces generate_ids(audio), for the
+    """run.greedy on the encoder's own output reproduces run.generate_ids(audio), for the
     English-only and the multilingual model (the encoder lens rests on this)."""
     from asrinterp_utils.data import asterisk_prompts, clip_audio
     from asrinterp_utils.models import load_model
@@ -79,7 +79,7 @@ def test_decoding_from_given_encoder_states_equals_normal_decoding():
 @pytest.mark.real
 def test_greedy_decoding_from_states_does_not_depend_on_the_batch():
     """Early encoder layers of base made Whisper's generate emit timestamp tokens and decode far past the limit with a
-    batch of one; decode_greedy gives every row the same tokens alone as in a batch, and stays within the limit."""
+    batch of one; run.greedy gives every row the same tokens alone as in a batch, and stays within the limit."""
     from asrinterp_utils.data import asterisk_prompts, clip_audio
     from asrinterp_utils.models import load_model
 

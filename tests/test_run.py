@@ -109,6 +109,16 @@ def test_patched_rows_leaving_the_batch_keep_their_patches(lm, states):
 
 
 @torch.no_grad()
+def test_a_batch_mean_ablation_keeps_the_batch_whole(lm, states):
+    """mean_ablate() without a value is the mean over the batch: rows leaving would change it, so they stay."""
+    plan = {"dec.0.mlp_out": hooks.mean_ablate()}
+    compact = run.greedy(lm, states, max_new_tokens=MAX_NEW, patches=plan)
+    whole = run.greedy(lm, states, max_new_tokens=MAX_NEW, patches=plan, compact=False)
+    assert compact.text_ids == whole.text_ids
+    assert run._remappable(run._normalise(plan)) is False
+
+
+@torch.no_grad()
 def test_pattern_caching_switches_to_eager_and_matches(lm, states):
     ids = run.greedy(lm, states[:2], max_new_tokens=4).ids
     with cache_activations(lm, "dec.0.cross_pattern") as cache:
