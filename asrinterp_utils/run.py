@@ -212,12 +212,14 @@ def encode_features(model: Any, features: torch.Tensor, *, patches: Mapping[str,
                     batch_size: int = 16) -> torch.Tensor:
     """The encoder output ``(batch, 1500, d_model)`` of log-mel ``features (batch, n_mels, 3000)``, in batches of
     ``batch_size``, with ``patches`` (hook-point name -> intervention, as :func:`asrinterp_utils.hooks.patch`)
-    applied. SDPA attention unless a hook reads an encoder pattern."""
+    applied. SDPA attention unless a hook reads an encoder pattern. With a hook of this package attached outside
+    (a cache records this call) or a patch tied to rows, the batch runs as one call."""
     core = whisper_core(model)
     param = next(core.parameters())
     features = features.to(device=param.device, dtype=param.dtype)
-    if patches and any(iv_rows_set(ivs) for ivs in patches.values()) and len(features) > batch_size:
-        batch_size = len(features)  # row-tied patches see the whole batch at once
+    if active_hook_count(model) or (patches and any(iv_rows_set(ivs) for ivs in patches.values())):
+        batch_size = max(1, len(features))  # a cache outside stitches calls by position; row-tied patches need
+        # the whole batch: one call
     outs = []
     with attention_mode(model, "enc"), patch(model, patches or {}):
         for start in range(0, len(features), batch_size):

@@ -37,6 +37,14 @@ def test_encode_matches_the_hugging_face_encoder_and_restores_attention(lm):
     assert torch.equal(enc.select([2, 0]).states, enc.states[[2, 0]])
 
 
+def test_encoding_under_a_cache_runs_as_one_call(lm):
+    """A cache outside encode_features records one forward: a batch split in two would be stitched by position."""
+    feats, _ = lm.features(toy_clips(5))
+    with cache_activations(lm, "enc.0.resid_post") as cache:
+        states = run.encode_features(lm, feats, batch_size=2)
+    assert cache["enc.0.resid_post"].shape[:2] == (5, states.shape[1])
+
+
 @torch.no_grad()
 @pytest.mark.parametrize("kv_rows", [None, [3, 2, 1, 0], [0, 1, 2, 3, 0, 1, 2, 3, 2], [1, 1, 1]])
 def test_teacher_force_equals_one_forward_per_row(lm, states, kv_rows):
