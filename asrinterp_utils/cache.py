@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
 import re
 from collections.abc import Mapping
 from contextlib import contextmanager
@@ -29,6 +28,7 @@ from typing import Any, Callable, Iterator, Sequence, Union
 import torch
 
 from .hooks import HookContext, HookPoint, HookSession, resolve_hook_points
+from .runtime import atomic_path, write_text_atomic
 
 POOLS = (None, "mean", "max")
 
@@ -121,15 +121,13 @@ def _safe(name: str) -> str:
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
 
 
 def _write_manifest(folder: Path, files: dict, pooled: str | None, meta: dict, kinds: dict | None = None) -> None:
-    tmp = folder / f".manifest.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps({"files": files, "pooled": pooled, "meta": meta, "kinds": kinds or {}}, indent=1))
-    os.replace(tmp, folder / "manifest.json")
+    write_text_atomic(folder / "manifest.json",
+                      json.dumps({"files": files, "pooled": pooled, "meta": meta, "kinds": kinds or {}}, indent=1))
 
 
 def _read_chunks(folder: Path, files: Sequence[str], kind: str) -> torch.Tensor:

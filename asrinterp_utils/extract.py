@@ -75,7 +75,7 @@ from . import run
 from .cache import cache_activations
 from .hooks import hf_model, resolve_hook_points, whisper_core
 from .models import SAMPLE_RATE, SAMPLES_PER_ENCODER_FRAME, attention_backend
-from .runtime import write_text_atomic
+from .runtime import atomic_path, write_text_atomic
 
 __all__ = ["ConfigMismatchError", "FeatureStore", "LazyClips", "Shard", "TableFeatures", "extract_features",
            "merge_manifests", "plan_shards", "pool_batch", "run_with_accelerate", "accelerate_state", "table_features",
@@ -280,17 +280,13 @@ def _write_shard(out_dir: Path, shard: Shard, features: np.ndarray, n_positions:
     from safetensors.numpy import save_file
 
     path = out_dir / shard.file
-    tmp = path.with_name(f".{shard.file}.tmp-{os.getpid()}")
     tensors = {"features": np.ascontiguousarray(features, dtype=np.float32),
                "clip_index": np.arange(shard.start, shard.stop, dtype=np.int64),
                "n_positions": np.asarray(n_positions, dtype=np.int64)}
     if token_ids is not None:
         tensors["token_ids"] = np.ascontiguousarray(token_ids, dtype=np.int64)
-    try:
+    with atomic_path(path, tmp=path.with_name(f".{shard.file}.tmp-{os.getpid()}")) as tmp:
         save_file(tensors, str(tmp), metadata={"config_hash": config_hash, "shard": str(shard.index)})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -7,8 +7,11 @@ else.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import uuid
 from pathlib import Path
+from typing import Iterator
 
 FAST_ENV = "ASRINTERP_FAST"
 CACHE_ENV = "ASRINTERP_CACHE"
@@ -56,22 +59,32 @@ def default_device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically: a hidden temporary file in the same folder, flushed to disk, then
-    renamed into place; a reader never sees a half-written file, and an interrupted write leaves none behind."""
-    import tempfile
+@contextlib.contextmanager
+def atomic_path(path: Path, tmp: Path | None = None) -> Iterator[Path]:
+    """The one way the package writes a file: the block writes to a hidden temporary file in the same folder (or
+    ``tmp``), which is renamed onto ``path`` when the block ends without an error and removed when it fails. A
+    reader never sees a half-written file; two writers of the same path leave one of their complete files; an
+    interrupted write leaves at most a hidden temporary file.
 
+    >>> with atomic_path(folder / "table.csv") as tmp:   # doctest: +SKIP
+    ...     table.to_csv(tmp, index=False)
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp) if tmp is not None else path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (:func:`atomic_path`), flushed to disk before the rename."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_results(name: str, results: dict) -> Path:

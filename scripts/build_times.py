@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--make-book-s", type=float, required=True)
     parser.add_argument("--db", type=Path, default=ROOT / "_build" / ".jupyter_cache" / "global.db")
     parser.add_argument("--out", type=Path, default=ROOT / "_build" / "build_times.json")
+    parser.add_argument("--note", default="", help="how the run went, when it was not one plain .ci/run")
     args = parser.parse_args()
     times = chapter_times(args.db)
     payload = {
@@ -40,6 +41,7 @@ def main() -> None:
         "ci_run_s": round(args.make_test_s + args.make_book_s, 1),
         "chapters": {row.page: round(row.seconds, 1) for row in times.itertuples()},
         "date": time.strftime("%Y-%m-%d"),
+        **({"note": args.note} if args.note else {}),
         "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
                     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")},
     }

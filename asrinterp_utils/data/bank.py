@@ -41,7 +41,7 @@ import pandas as pd
 import soundfile as sf
 
 from ..audio import SAMPLE_RATE
-from ..runtime import cache_dir, fast_mode
+from ..runtime import atomic_path, cache_dir, fast_mode
 
 BANK_VERSION = 1  # bump when the way clips are made changes (every clip is then remade)
 SPLIT_RULE = "speaker, stratified by gender, 30% test"  # part of each table's cache key
@@ -327,9 +327,8 @@ def speech_dataset(name: str | BankSpec, *, fast: bool | None = None, rebuild: b
     table["path"] = [str(_clip_path(c)) for c in table.clip_id]
     table["sample_rate"] = SAMPLE_RATE
     table["split"] = speaker_split(table, seed=spec.seed, stratify="gender")
-    tmp = table_path.with_name(f".{table_path.name}.{os.getpid()}.tmp")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, table_path)
+    with atomic_path(table_path) as tmp:
+        table.to_csv(tmp, index=False)
     return table
 
 

@@ -52,7 +52,7 @@ import pandas as pd
 import soundfile as sf
 
 from ..audio import SAMPLE_RATE
-from ..runtime import cache_dir, write_text_atomic
+from ..runtime import atomic_path, cache_dir, write_text_atomic
 
 __all__ = [
     "ASTERISK_ATTRIBUTION",
@@ -180,12 +180,8 @@ def write_wav_atomic(path: Path, samples: np.ndarray, subtype: str = "PCM_16") -
     """Write 16 kHz mono ``samples`` to ``path`` through a hidden temporary file in the same folder, renamed when
     complete: a reader never sees a half-written wav, and an interrupted writer leaves only a stray temp file
     that the next build removes."""
-    tmp = _tmp_name(Path(path))
-    try:
+    with atomic_path(Path(path), tmp=_tmp_name(Path(path))) as tmp:
         sf.write(str(tmp), samples, SAMPLE_RATE, subtype=subtype, format="WAV")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _remove_stray_temps(root: Path) -> int:
