@@ -362,11 +362,6 @@ def _text(lm: Any, ids: list[int]) -> str:
     return lm.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
-def _encoder_states(lm: Any, features: torch.Tensor, plan: Mapping[str, Any] | None = None) -> torch.Tensor:
-    """The encoder output ``(batch, frames, d_model)`` with ``plan`` applied (:func:`asrinterp_utils.run.encode_features`)."""
-    return run.encode_features(lm, features, patches=plan)
-
-
 @dataclass
 class EncodedClips:
     """Clips and their reference clips, encoded once, for several :func:`generate_sweep` calls on the same clips.
@@ -409,7 +404,7 @@ def encode_clips(lm: Any, audio_list: Sequence[Any], reference: Any = "white_noi
         raise ValueError(f"give one reference clip per clip: {len(clips)} clips, {len(reference)} references")
     clean, _ = lm.features(clips)
     ref, _ = lm.features(reference)
-    return EncodedClips(clean, ref, _encoder_states(lm, clean), _encoder_states(lm, ref), id(lm.model))
+    return EncodedClips(clean, ref, run.encode_features(lm, clean), run.encode_features(lm, ref), id(lm.model))
 
 
 @torch.no_grad()
@@ -469,7 +464,7 @@ def generate_sweep(lm: Any, audio_list: Sequence[Any], targets: Sequence[PatchTa
                 per_clip = []
                 for b in range(batch):  # one clip at a time, its reference stacked beside it
                     pair = torch.cat([clean_feats[b:b + 1], ref_feats[b:b + 1]])
-                    per_clip.append(decode(_encoder_states(lm, pair, _rowwise(target, [0], [1]))[:1])[0])
+                    per_clip.append(decode(run.encode_features(lm, pair, patches=_rowwise(target, [0], [1]))[:1])[0])
                 results.append(per_clip)
         else:
             pairs = [(i, b) for i in range(len(targets)) for b in range(batch)]
@@ -483,7 +478,7 @@ def generate_sweep(lm: Any, audio_list: Sequence[Any], targets: Sequence[PatchTa
                 for row, (i, b) in enumerate(chunk):
                     _merge(plan, _rowwise(targets[i], [row], [ref_row[b]]))
                 stacked = torch.cat([clean_feats[[b for _, b in chunk]], ref_feats[clips]])
-                ids = decode(_encoder_states(lm, stacked, plan)[:len(chunk)])
+                ids = decode(run.encode_features(lm, stacked, patches=plan)[:len(chunk)])
                 texts_by_pair.update(zip(chunk, ids))
             results = [[texts_by_pair[(i, b)] for b in range(batch)] for i in range(len(targets))]
     else:
@@ -494,8 +489,8 @@ def generate_sweep(lm: Any, audio_list: Sequence[Any], targets: Sequence[PatchTa
             for target in _progress(targets, progress, "decoder patches (naive)"):
                 per_clip = []
                 for b in range(batch):
-                    st = _encoder_states(lm, clean_feats[b:b + 1])  # nothing reused
-                    rs = _encoder_states(lm, ref_feats[b:b + 1])
+                    st = run.encode_features(lm, clean_feats[b:b + 1])  # nothing reused
+                    rs = run.encode_features(lm, ref_feats[b:b + 1])
                     per_clip.append(_patched_greedy(lm, st, rs, [target], max_new_tokens)[0][0])
                 results.append(per_clip)
         else:

@@ -3,9 +3,9 @@
 Every method above this module (lenses, probes, patching, mining loops, extraction, the chapters) runs Whisper
 through these three calls, as openai/whisper's ``decoding.py`` serves its ``model.py``::
 
-    enc = encode(lm, clips)                     # Encoded: features (B, n_mels, 3000), n_frames (B,), states (B, 1500, d)
-    out = greedy(lm, enc.states)                # Decoded: ids (B, prompt + steps), text_ids, hit_limit
-    logits = teacher_force(lm, enc.states, ids) # (B, tokens, vocab)
+    enc = encode(lm, clips)                       # Encoded: features, n_frames (B,), states (B, 1500, d_model)
+    out = greedy(lm, enc.states)                  # Decoded: ids (B, prompt + steps), text_ids, hit_limit
+    logits = teacher_force(lm, enc.states, out.ids)  # (B, tokens, vocab)
 
 What they share:
 

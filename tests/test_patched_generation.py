@@ -26,7 +26,7 @@ def clips():
 def _greedy(lm, clips):
     feats, _ = lm.features(clips)
     with torch.no_grad():
-        states = patching._encoder_states(lm, feats)
+        states = run.encode_features(lm, feats)
     return lm.text_ids(run.greedy(lm, states, max_new_tokens=MAX_NEW).ids)
 
 
