@@ -315,10 +315,10 @@ def corpus_logit_lens(lm: Any, audio_list: Sequence[np.ndarray], *, batch_size: 
     starts = range(0, len(audio_list), batch_size)
     for start in tqdm(starts, desc="logit lens", disable=not progress):
         encoded = run.encode(lm, list(audio_list[start:start + batch_size]))  # one encoder pass per batch
-        ids = run.greedy(lm, encoded.states, max_new_tokens=max_new_tokens).ids
-        result = logit_lens(lm, None, ids, top_k=1, translator=translator, encoder_states=encoded.states)
+        decoded = run.greedy(lm, encoded.states, max_new_tokens=max_new_tokens)
+        result = logit_lens(lm, None, decoded.ids, top_k=1, translator=translator, encoder_states=encoded.states)
         saturation = result.saturation_layer()
-        for row, text_ids in enumerate(lm.text_ids(ids)):
+        for row, text_ids in enumerate(decoded.text_ids):
             clip = start + row
             transcripts.append(lm.tokenizer.decode(text_ids, skip_special_tokens=True).strip())
             if not text_ids:

@@ -495,16 +495,15 @@ def generate_sweep(lm: Any, audio_list: Sequence[Any], targets: Sequence[PatchTa
                 results.append(per_clip)
         else:
             # The unpatched rows ride along in the first batch (an empty target) unless they are known already.
-            unpatched = [] if key in encoded._decoded else [PatchTarget("unpatched", {})]
-            queue = unpatched + list(targets)
+            known = key in encoded._decoded
+            queue = ([] if known else [PatchTarget("unpatched", {})]) + list(targets)
             per_forward = max(1, batch_rows // (2 * batch))
             chunks = [queue[i:i + per_forward] for i in range(0, len(queue), per_forward)]
             for chunk in _progress(chunks, progress, "decoder patches"):
                 results.extend(_patched_greedy(lm, clean_states, ref_states, chunk, max_new_tokens))
-            if unpatched:
-                encoded.decoded(key, lambda: results[0])
-                results = results[1:]
-            baseline = encoded.decoded(key, lambda: None)
+            if not known:
+                encoded._decoded[key] = results.pop(0)
+            baseline = encoded._decoded[key]
     return GenerationSweep(
         labels=[t.label for t in targets], token_ids=results,
         texts=[[text(ids) for ids in per_clip] for per_clip in results],

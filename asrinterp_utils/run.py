@@ -65,16 +65,15 @@ class _Route:
     """
 
     def __init__(self, kv_rows: torch.Tensor, n_kv: int) -> None:
-        kv_rows = kv_rows.long()
+        device, kv_rows = kv_rows.device, kv_rows.long().cpu()
         self.n_rows, self.n_kv = len(kv_rows), n_kv
-        self.identity = self.n_rows == n_kv and bool(torch.equal(kv_rows.cpu(), torch.arange(n_kv)))
-        counts = torch.bincount(kv_rows.cpu(), minlength=n_kv)
+        self.identity = self.n_rows == n_kv and bool(torch.equal(kv_rows, torch.arange(n_kv)))
+        counts = torch.bincount(kv_rows, minlength=n_kv)
         self.width = int(counts.max()) if len(kv_rows) else 0
-        order = torch.argsort(kv_rows.cpu(), stable=True)
-        starts = torch.cumsum(counts, 0) - counts
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(len(order)) - starts[kv_rows.cpu()[order]]
-        self.slot = (kv_rows.cpu() * self.width + rank).to(kv_rows.device)
+        order = torch.argsort(kv_rows, stable=True)
+        rank = torch.empty_like(order)  # each row's place among the rows reading the same key row
+        rank[order] = torch.arange(len(order)) - (torch.cumsum(counts, 0) - counts)[kv_rows[order]]
+        self.slot = (kv_rows * self.width + rank).to(device)
 
     def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float | None,
                eager: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -200,12 +199,6 @@ class Encoded:
         return Encoded(self.features[index.to(self.features.device)], self.n_frames[index],
                        self.states[index.to(self.states.device)])
 
-    @staticmethod
-    def concat(parts: Sequence["Encoded"]) -> "Encoded":
-        """The clips of several :class:`Encoded`, in order."""
-        return Encoded(torch.cat([p.features for p in parts]), torch.cat([p.n_frames for p in parts]),
-                       torch.cat([p.states for p in parts]))
-
 
 @torch.no_grad()
 def encode_features(model: Any, features: torch.Tensor, *, patches: Mapping[str, Any] | None = None,
@@ -217,9 +210,8 @@ def encode_features(model: Any, features: torch.Tensor, *, patches: Mapping[str,
     core = whisper_core(model)
     param = next(core.parameters())
     features = features.to(device=param.device, dtype=param.dtype)
-    if active_hook_count(model) or (patches and any(iv_rows_set(ivs) for ivs in patches.values())):
-        batch_size = max(1, len(features))  # a cache outside stitches calls by position; row-tied patches need
-        # the whole batch: one call
+    if active_hook_count(model) or any(_tied_to_rows(ivs) for ivs in (patches or {}).values()):
+        batch_size = max(1, len(features))  # a cache outside stitches calls by position; row-tied patches need rows
     outs = []
     with attention_mode(model, "enc"), patch(model, patches or {}):
         for start in range(0, len(features), batch_size):
@@ -227,7 +219,7 @@ def encode_features(model: Any, features: torch.Tensor, *, patches: Mapping[str,
     return torch.cat(outs) if len(outs) > 1 else outs[0]
 
 
-def iv_rows_set(ivs: Any) -> bool:
+def _tied_to_rows(ivs: Any) -> bool:
     """Whether an intervention (or a list of them) is tied to batch rows."""
     ivs = ivs if isinstance(ivs, (list, tuple)) else [ivs]
     return any(isinstance(iv, Intervention) and (iv.rows is not None or iv.mode == "from_rows") for iv in ivs)
