@@ -25,6 +25,7 @@ The package behind the executable book "Beyond Transcription, executed". One mod
 from . import runtime as _runtime
 
 _runtime.configure_threads()  # before anything imports torch: OpenMP reads its wait policy when it starts
+_runtime.configure_allocator()  # large tensors reuse freed memory instead of page-faulting fresh pages
 
 from .audio import AudioError, load_audio, make_batch  # noqa: E402
 from .cache import ActivationCache, cache_activations  # noqa: E402

@@ -33,6 +33,38 @@ def configure_threads() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+ALLOCATOR_ENV = "ASRINTERP_MALLOC"
+
+
+def configure_allocator() -> bool:
+    """Keep freed memory in the process for the next tensor, instead of handing it back to the system (glibc on
+    Linux only; ``ASRINTERP_MALLOC=default`` leaves the allocator alone). Returns whether it was changed.
+
+    glibc serves every allocation over 128 KiB-32 MiB with a fresh ``mmap`` and unmaps it when freed, so each large
+    tensor (Whisper's encoder activations, the cross-attention keys and values: tens of MB) is zeroed and
+    page-faulted in anew, one 4 KiB page at a time. On a 2-core machine that costs more than the arithmetic:
+    copying one ``(24, 8, 1500, 64)`` key tensor took 33 ms with fresh pages and 6 ms with reused ones, a GELU
+    over the encoder's MLP 36 ms against 12 ms. ``mallopt(M_MMAP_MAX, 0)`` serves large blocks from the heap and
+    ``M_TRIM_THRESHOLD`` (1 GiB) keeps what is freed there: the process's memory stays near its peak, and each
+    large tensor after the first reuses pages already mapped.
+    """
+    if os.environ.get(ALLOCATOR_ENV, "").strip().lower() == "default":
+        return False
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 1 << 30))
+
+
 def fast_mode() -> bool:
     """True when the environment asks for the fast mode (``ASRINTERP_FAST=1``, as ``make test`` sets it)."""
     return os.environ.get(FAST_ENV, "").strip().lower() in {"1", "true", "yes", "on"}

@@ -71,7 +71,7 @@ class FlopCounter:
 
 def profile_groups(stats: pstats.Stats) -> dict:
     """Seconds of own time per kind of work."""
-    groups = {"linear layers (projections, MLP, unembedding)": ("linear",),
+    groups = {"linear layers (projections, MLP, unembedding)": ("linear", "_unembed"),
               "attention kernels": ("scaled_dot_product_attention", "matmul", "softmax", "bmm"),
               "self-attention KV cache growth (torch.cat)": ("cat",),
               "argmax and suppression masks": ("argmax", "masked_fill"),
