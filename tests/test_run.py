@@ -172,3 +172,22 @@ def test_generate_ids_equals_hugging_face_generate_on_tiny_en():
                                    (row[n_prompt:] if row[:n_prompt] == tiny.prompt_ids() else row
                                     for row in hf.tolist())]
     assert patching  # the patching module imports run without a cycle
+
+
+def test_preallocated_self_attention_cache_grows_and_selects_rows_like_concatenation():
+    layer = run._preallocated_layer_class()(capacity=2)
+    steps = [torch.randn(3, 2, 1, 4) for _ in range(5)]  # past the capacity: it grows
+    for k in steps[:3]:
+        keys, values = layer.update(k, k * 2)
+    assert torch.equal(keys, torch.cat(steps[:3], dim=2)) and torch.equal(values, 2 * keys)
+    layer.batch_select_indices(torch.tensor([2, 0]))
+    for k in steps[3:]:
+        keys, _ = layer.update(k[[2, 0]], k[[2, 0]])
+    assert torch.equal(keys, torch.cat(steps, dim=2)[[2, 0]]) and layer.get_seq_length() == 5
+
+
+def test_the_allocator_setting_can_be_turned_off(monkeypatch):
+    from asrinterp_utils import runtime
+
+    monkeypatch.setenv("ASRINTERP_MALLOC", "default")
+    assert runtime.configure_allocator() is False
