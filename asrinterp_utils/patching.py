@@ -58,6 +58,43 @@ class SweepResult:
                 rows.append({"target": label, "clip": b, "metric": v, "baseline": base, "delta": v - base})
         return pd.DataFrame(rows)
 
+    def grid(self, clips: Sequence[int] | None = None, columns: Sequence[str] | None = None):
+        """The mean change from the baseline (over all clips, or the clips ``clips``) as a table, one row per
+        layer and one column per component or head (:func:`layer_grid`)."""
+        delta = self.values - self.baseline
+        if clips is not None:
+            delta = delta[:, list(clips)]
+        return layer_grid(dict(zip(self.labels, delta.mean(dim=1).tolist())), columns)
+
+
+def layer_grid(values: Mapping[str, float], columns: Sequence[str] | None = None):
+    """Values keyed by target label as a DataFrame, one row per layer (``"decoder layer"`` or ``"encoder
+    layer"``) and one column per component (``"dec.3.mlp_out"`` -> row 3, column ``mlp_out``; in the order of
+    ``columns``, default as first seen) or per head (``"dec.1.cross_head_out[h5]"`` -> row 1, column 5). Labels of
+    other shapes (combinations, ``unpatched``) are left out; a (layer, column) that no label names is NaN."""
+    import re
+
+    import pandas as pd
+
+    cells, sides, seen = {}, set(), []
+    for label, value in values.items():
+        m = re.fullmatch(r"(enc|dec)\.(\d+)\.(\w+?)(?:\[h(\d+)\])?", str(label))
+        if m is None:
+            continue
+        side, layer, point, head = m.groups()
+        column = int(head) if head is not None else point
+        sides.add(side)
+        cells[int(layer), column] = float(value)
+        if column not in seen:
+            seen.append(column)
+    if len(sides) > 1:
+        raise ValueError("layer_grid: the labels mix encoder and decoder targets; make one grid per side")
+    order = list(columns) if columns is not None else sorted(seen) if all(isinstance(c, int) for c in seen) else seen
+    layers = sorted({layer for layer, _ in cells})
+    frame = pd.DataFrame([[cells.get((layer, c), float("nan")) for c in order] for layer in layers], index=layers,
+                         columns=order)
+    return frame.rename_axis("encoder layer" if sides == {"enc"} else "decoder layer")
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Metrics
@@ -99,6 +136,151 @@ def logit_diff(position: int | Sequence[int], good: int | Sequence[int], bad: in
         pos = per_row(position)
         return (logits[rows, pos, per_row(good)] - logits[rows, pos, per_row(bad)]).float()
     return metric
+
+
+@dataclass
+class WordChoice:
+    """Teacher-forced inputs that pit a word that was spoken against a competing word, at the position that
+    predicts it (the semantic-bias measure).
+
+    Attributes:
+        ids: ``(clips, tokens)``: prompt + each sentence up to its spoken word + that word's first token, padded
+            with ``<|endoftext|>``.
+        positions: ``(clips,)``: the position whose logits predict the word.
+        spoken, competing: ``(clips,)``: the first token of the spoken and of the competing word.
+        distinct: ``(clips,)`` bool: the two first tokens differ (where they do not, the measure is 0 by
+            construction and says nothing).
+        metric: ``logit(spoken) - logit(competing)`` at ``positions`` (:func:`logit_diff`), per clip.
+    """
+
+    ids: torch.Tensor
+    positions: list[int]
+    spoken: list[int]
+    competing: list[int]
+    distinct: Any
+    metric: Metric
+
+
+def word_choice(lm: Any, texts: Sequence[str], spoken_words: Sequence[str],
+                competing_words: Sequence[str]) -> WordChoice:
+    """:class:`WordChoice` for sentences ``texts`` in which ``spoken_words[i]`` (a whole word of ``texts[i]``,
+    any case) is the word said and ``competing_words[i]`` the one it is measured against."""
+    import re
+
+    import numpy as np
+
+    if not len(texts) == len(spoken_words) == len(competing_words):
+        raise ValueError(f"word_choice: texts, spoken_words and competing_words must have one entry per clip; got "
+                         f"{len(texts)}, {len(spoken_words)} and {len(competing_words)}")
+    prompt, encode = lm.prompt_ids(), lm.tokenizer.encode
+    rows = []
+    for i, (text, spoken, competing) in enumerate(zip(texts, spoken_words, competing_words)):
+        found = re.search(rf"\b{re.escape(spoken.lower())}\b", text.lower())
+        if found is None:
+            raise ValueError(f"word_choice: clip {i}: the spoken word {spoken!r} is not a word of {text!r}")
+        prefix = encode(" " + text[:found.start()].rstrip(), add_special_tokens=False)
+        good = encode(" " + spoken, add_special_tokens=False)[0]
+        bad = encode(" " + competing, add_special_tokens=False)[0]
+        rows.append((prompt + prefix + [good], len(prompt) + len(prefix) - 1, good, bad))
+    width = max(len(ids) for ids, *_ in rows)
+    end_of_text = int(lm.model.generation_config.eos_token_id)
+    ids = torch.tensor([ids + [end_of_text] * (width - len(ids)) for ids, *_ in rows])
+    positions, good, bad = ([row[k] for row in rows] for k in (1, 2, 3))
+    return WordChoice(ids, positions, good, bad, np.array(good) != np.array(bad), logit_diff(positions, good, bad))
+
+
+@torch.no_grad()
+def transcribe_and_score(lm: Any, clips: Sequence[Any], choice: WordChoice, *, max_new_tokens: int = 48,
+                         batch_size: int = 16) -> tuple[list[str], Any]:
+    """One encoder pass per clip gives both its greedy transcript and its teacher-forced :class:`WordChoice`
+    measure. Returns ``(transcripts, logit differences (clips,) as a numpy array)``."""
+    if len(clips) != len(choice.ids):
+        raise ValueError(f"transcribe_and_score: {len(clips)} clips for a WordChoice of {len(choice.ids)} clips")
+    texts, diffs = [], []
+    for start in range(0, len(clips), batch_size):
+        rows = slice(start, start + batch_size)
+        states = run.encode(lm, clips[rows]).states
+        texts += run.greedy(lm, states, max_new_tokens=max_new_tokens).texts(lm.tokenizer)
+        ids = choice.ids[rows]
+        part = logit_diff(choice.positions[rows], choice.spoken[rows], choice.competing[rows])
+        diffs.append(part(run.teacher_force(lm, states, ids), ids).cpu())
+    return texts, torch.cat(diffs).numpy()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A clean run and its reference run, teacher-forced on the clean transcript
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class CleanAndReference:
+    """Clips and their reference clips (white noise of each clip's length and level by default), both
+    teacher-forced on the clean run's own greedy transcript: the setting of a noising or denoising sweep.
+
+    Attributes:
+        lm: the model that ran.
+        clean, reference: :class:`~asrinterp_utils.run.Encoded` runs of the clips and of their references.
+        ids: ``(clips, tokens)``: prompt + clean greedy transcript + ``<|endoftext|>`` (padded with it).
+        clean_cache, reference_cache: the ``points`` of each run, teacher-forced on ``ids``
+            (:class:`~asrinterp_utils.cache.ActivationCache`: a patch source).
+        clean_logits, reference_logits: ``(clips, tokens, vocab)``.
+        metric: the mean log-probability of the transcript's tokens (:func:`token_logprob`).
+        clean_metric, reference_metric: ``(clips,)``.
+    """
+
+    lm: Any
+    clean: Any
+    reference: Any
+    ids: torch.Tensor
+    clean_cache: Any
+    reference_cache: Any
+    clean_logits: torch.Tensor
+    reference_logits: torch.Tensor
+    metric: Metric
+    clean_metric: torch.Tensor
+    reference_metric: torch.Tensor
+
+
+def _reference_clips(clips: list, reference: Any) -> list:
+    """One reference clip per clip: ``"white_noise"`` (noise of each clip's length and level) or the list given."""
+    from .audio import white_noise_like
+
+    if isinstance(reference, str):
+        if reference != "white_noise":
+            raise ValueError(f"reference must be a list of clips or 'white_noise', got {reference!r}")
+        return [white_noise_like(c, seed=i) for i, c in enumerate(clips)]
+    reference = list(reference)
+    if len(reference) != len(clips):
+        raise ValueError(f"give one reference clip per clip: {len(clips)} clips, {len(reference)} references")
+    return reference
+
+
+@torch.no_grad()
+def clean_and_reference(lm: Any, clips: Sequence[Any], *, points: Any = "dec.*", reference: Any = "white_noise",
+                        max_new_tokens: int = 128) -> CleanAndReference:
+    """Encode ``clips`` (1-D float32 arrays at 16 kHz) and their references (``"white_noise"`` or one clip per
+    clip) once each, decode the clean transcripts greedily, and teacher-force both runs on them with the hook
+    points ``points`` cached: :class:`CleanAndReference`."""
+    from .cache import cache_activations
+
+    clips = list(clips)
+    reference = _reference_clips(clips, reference)
+    features, n_frames = lm.features(clips)
+    ref_features, ref_frames = lm.features(reference)
+    names = [points] if isinstance(points, str) else list(points)
+    encoder_points = any(p.side == "enc" for name in names for p in resolve_hook_points(lm, name))
+    clean_states = run.encode_features(lm, features)
+    ids = run.greedy(lm, clean_states, max_new_tokens=max_new_tokens).ids  # outside the cache: one pass per run
+    runs, caches, logits = [], [], []
+    for feats, frames, states in ((features, n_frames, clean_states), (ref_features, ref_frames, None)):
+        with cache_activations(lm, names) as cache:
+            if states is None or encoder_points:  # encoder points are read off this run's encoder pass
+                states = run.encode_features(lm, feats)
+            logits.append(run.teacher_force(lm, states, ids))
+        runs.append(run.Encoded(feats, frames, states))
+        caches.append(cache)
+    metric = token_logprob(start=len(lm.prompt_ids()))
+    return CleanAndReference(lm, runs[0], runs[1], ids, caches[0], caches[1], logits[0], logits[1], metric,
+                             metric(logits[0], ids), metric(logits[1], ids))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -337,23 +519,37 @@ def _merge(into: dict[str, list[Intervention]], more: dict[str, list[Interventio
         into.setdefault(name, []).extend(ivs)
 
 
+def _reads_reference(target: PatchTarget) -> bool:
+    return any(iv.value is REFERENCE for ivs in target.interventions.values()
+               for iv in (ivs if isinstance(ivs, (list, tuple)) else [ivs]))
+
+
 def _patched_greedy(lm: Any, clean_states: torch.Tensor, ref_states: torch.Tensor, chunk: Sequence[PatchTarget],
-                    max_new_tokens: int) -> list[list[list[int]]]:
+                    max_new_tokens: int, *, reference_texts: bool = False
+                    ) -> tuple[list[list[list[int]]], list[list[int]] | None]:
     """Greedy decoding of ``K = len(chunk)`` patched copies of a batch of ``B`` clips, each beside a reference row
     that is fed the same tokens (:func:`asrinterp_utils.run.greedy` with ``follow``). Row ``k * B + b`` is target
-    ``k`` on clip ``b`` and reads ``clean_states[b]``; row ``K * B + k * B + b`` is its reference row, which reads
-    ``ref_states[b]`` and follows it. The cross-attention keys and values of the ``2B`` encoder outputs are projected
-    once. Returns ``[target][clip] -> text token ids``."""
+    ``k`` on clip ``b`` and reads ``clean_states[b]``; a target that reads ``REFERENCE`` gets ``B`` reference rows
+    after them, which read ``ref_states`` and follow its rows. With ``reference_texts``, ``B`` more rows decode the
+    reference clips themselves, unpatched. The cross-attention keys and values of the ``2B`` encoder outputs are
+    projected once. Returns ``([target][clip] -> text token ids, [clip] -> reference text ids or None)``."""
     batch, k = len(clean_states), len(chunk)
-    patched = torch.arange(k * batch)
+    kv_rows, follow = [b for _ in range(k) for b in range(batch)], list(range(k * batch))
     plan: dict[str, list[Intervention]] = {}
     for i, target in enumerate(chunk):
         dst = list(range(i * batch, (i + 1) * batch))
-        _merge(plan, _rowwise(target, dst, [k * batch + r for r in dst]))
+        src = list(range(len(kv_rows), len(kv_rows) + batch)) if _reads_reference(target) else []
+        if src:
+            kv_rows += [batch + b for b in range(batch)]
+            follow += dst
+        _merge(plan, _rowwise(target, dst, src))
+    leaders = list(range(len(kv_rows), len(kv_rows) + batch)) if reference_texts else []
+    kv_rows += [batch + b for b in range(len(leaders))]
+    follow += leaders
     decoded = run.greedy(lm, torch.cat([clean_states, ref_states]), max_new_tokens=max_new_tokens,
-                         kv_rows=torch.cat([patched % batch, batch + patched % batch]),
-                         follow=torch.cat([patched, patched]), patches=plan)
-    return [[decoded.text_ids[i * batch + b] for b in range(batch)] for i in range(k)]
+                         kv_rows=kv_rows, follow=follow, patches=plan)
+    texts = [[decoded.text_ids[i * batch + b] for b in range(batch)] for i in range(k)]
+    return texts, ([decoded.text_ids[r] for r in leaders] if reference_texts else None)
 
 
 def _text(lm: Any, ids: list[int]) -> str:
@@ -392,16 +588,8 @@ class EncodedClips:
 def encode_clips(lm: Any, audio_list: Sequence[Any], reference: Any = "white_noise") -> EncodedClips:
     """Encode clips (1-D float32 arrays at 16 kHz) and their references (``"white_noise"``: noise of each clip's
     length and level; or one clip per clip) once, for several :func:`generate_sweep` calls."""
-    from .audio import white_noise_like
-
     clips = list(audio_list)
-    if isinstance(reference, str):
-        if reference != "white_noise":
-            raise ValueError(f"reference must be a list of clips or 'white_noise', got {reference!r}")
-        reference = [white_noise_like(c, seed=i) for i, c in enumerate(clips)]
-    reference = list(reference)
-    if len(reference) != len(clips):
-        raise ValueError(f"give one reference clip per clip: {len(clips)} clips, {len(reference)} references")
+    reference = _reference_clips(clips, reference)
     clean, _ = lm.features(clips)
     ref, _ = lm.features(reference)
     return EncodedClips(clean, ref, run.encode_features(lm, clean), run.encode_features(lm, ref), id(lm.model))
@@ -453,8 +641,7 @@ def generate_sweep(lm: Any, audio_list: Sequence[Any], targets: Sequence[PatchTa
     batch = len(clean_feats)
     text = lambda ids: _text(lm, ids)  # noqa: E731
     decode = lambda st: run.greedy(lm, st, max_new_tokens=max_new_tokens).text_ids  # noqa: E731
-    reference_texts = encoded.decoded(("reference", max_new_tokens),
-                                      lambda: [text(ids) for ids in decode(ref_states)])
+    reference_key = ("reference", max_new_tokens)
 
     if sides == {"enc"}:
         baseline = encoded.decoded(("baseline", "enc", max_new_tokens), lambda: decode(clean_states))
@@ -491,7 +678,7 @@ def generate_sweep(lm: Any, audio_list: Sequence[Any], targets: Sequence[PatchTa
                 for b in range(batch):
                     st = run.encode_features(lm, clean_feats[b:b + 1])  # nothing reused
                     rs = run.encode_features(lm, ref_feats[b:b + 1])
-                    per_clip.append(_patched_greedy(lm, st, rs, [target], max_new_tokens)[0][0])
+                    per_clip.append(_patched_greedy(lm, st, rs, [target], max_new_tokens)[0][0][0])
                 results.append(per_clip)
         else:
             # The unpatched rows ride along in the first batch (an empty target) unless they are known already.
@@ -499,11 +686,18 @@ def generate_sweep(lm: Any, audio_list: Sequence[Any], targets: Sequence[PatchTa
             queue = ([] if known else [PatchTarget("unpatched", {})]) + list(targets)
             per_forward = max(1, batch_rows // (2 * batch))
             chunks = [queue[i:i + per_forward] for i in range(0, len(queue), per_forward)]
-            for chunk in _progress(chunks, progress, "decoder patches"):
-                results.extend(_patched_greedy(lm, clean_states, ref_states, chunk, max_new_tokens))
+            for c, chunk in enumerate(_progress(chunks, progress, "decoder patches")):
+                # The reference clips' own transcripts ride along in the first batch too.
+                with_references = c == 0 and reference_key not in encoded._decoded
+                texts, references = _patched_greedy(lm, clean_states, ref_states, chunk, max_new_tokens,
+                                                    reference_texts=with_references)
+                results.extend(texts)
+                if with_references:
+                    encoded._decoded[reference_key] = [text(ids) for ids in references]
             if not known:
                 encoded._decoded[key] = results.pop(0)
             baseline = encoded._decoded[key]
+    reference_texts = encoded.decoded(reference_key, lambda: [text(ids) for ids in decode(ref_states)])
     return GenerationSweep(
         labels=[t.label for t in targets], token_ids=results,
         texts=[[text(ids) for ids in per_clip] for per_clip in results],

@@ -132,3 +132,15 @@ def test_non_speech_clips_cover_real_and_generated_sources_at_the_bank_level():
         assert sr == 16000 and len(x) == 16000
         assert abs(rms(x) - bank.TARGET_RMS) < 0.01
     assert bank.non_speech_clips(6, duration_s=1.0, seed=3).path.tolist() == clips.path.tolist()
+
+
+def test_spread_takes_evenly_from_every_value_and_first_texts_keeps_whole_texts():
+    table = pd.DataFrame({"source": ["a"] * 10 + ["b"] * 2 + ["c"] * 3, "text": [f"t{i % 4}" for i in range(15)]})
+    picked = bank.spread(table, 6, "source")
+    assert picked.source.value_counts().to_dict() == {"a": 2, "b": 2, "c": 2}
+    assert picked.equals(bank.spread(table, 6, "source"))  # deterministic for a seed
+    assert len(bank.spread(table, 100, "source")) == 15
+    with pytest.raises(KeyError, match="no column 'speaker'"):
+        bank.spread(table, 3, "speaker")
+    first = bank.first_texts(table, 2)
+    assert set(first.text) == {"t0", "t1"} and len(first) == (table.text.isin(["t0", "t1"])).sum()

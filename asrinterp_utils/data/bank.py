@@ -337,6 +337,24 @@ def _progress(total: int, enabled: bool, desc: str):
     return tqdm(total=total, desc=desc, disable=not enabled)
 
 
+def spread(table: pd.DataFrame, n: int, by: str, *, seed: int = 0) -> pd.DataFrame:
+    """``n`` rows of ``table`` spread evenly over the values of the column ``by`` (as many of each value as
+    ``ceil(n / values)`` allows, in a shuffled order fixed by ``seed``): a sample that no one source dominates."""
+    if by not in table.columns:
+        raise KeyError(f"spread: the table has no column {by!r}; its columns are {list(table.columns)}")
+    if len(table) == 0:
+        return table
+    shuffled = table.sample(frac=1.0, random_state=seed)
+    per_value = int(np.ceil(n / shuffled[by].nunique()))
+    return shuffled.groupby(by, group_keys=False).head(per_value).head(n)
+
+
+def first_texts(table: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The rows of the first ``n`` distinct texts of the table (in its order), for every voice that read them."""
+    order = {text: i for i, text in enumerate(dict.fromkeys(table.text))}
+    return table[table.text.map(order) < n]
+
+
 def speaker_split(table: pd.DataFrame, *, test_fraction: float = 0.3, seed: int = 0,
                   stratify: str | None = None) -> pd.Series:
     """``train``/``test`` per row, assigning whole speakers to one side (no speaker on both sides).
