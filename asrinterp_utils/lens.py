@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import run
+from . import run, store
 from .cache import cache_activations
 from .hooks import hf_model, whisper_core
 
@@ -162,13 +162,14 @@ def lens_statistics(final_logits: torch.Tensor, layer_logits: Sequence[Any], *, 
 @torch.no_grad()
 def encoder_lens(lm: Any, audio_list: Sequence[np.ndarray], references: Sequence[str] | None = None, *,
                  layers: Sequence[int] | None = None, apply_final_norm: bool = True, max_new_tokens: int = 96,
-                 clips_per_batch: int = 4, progress: bool = True) -> pd.DataFrame:
+                 clips_per_batch: int = 4, progress: bool = True, use_store: bool = True) -> pd.DataFrame:
     """Transcribe every clip from every encoder layer's output.
 
     The encoder runs once per batch of clips with every layer's output cached; the decoder then decodes all
     ``clips x layers`` states of the batch together, greedily
     (:func:`~asrinterp_utils.run.greedy`: the same tokens whatever the batch size, timestamp
-    tokens suppressed).
+    tokens suppressed). Each clip's rows are kept in the :mod:`~asrinterp_utils.store` (keyed by model, samples,
+    layers and settings) and read from there the next time (``use_store=False``: compute all, store nothing).
 
     Args:
         lm: a :class:`~asrinterp_utils.models.LoadedModel`.
@@ -196,10 +197,14 @@ def encoder_lens(lm: Any, audio_list: Sequence[np.ndarray], references: Sequence
     if references is not None and len(references) != len(audio_list):
         raise ValueError(f"{len(references)} references for {len(audio_list)} clips")
     names = [f"enc.{i}.resid_post" for i in layers]
-    rows = []
-    for start in tqdm(range(0, len(audio_list), clips_per_batch), desc="encoder lens", disable=not progress):
-        batch = list(audio_list[start:start + clips_per_batch])
-        feats, _ = lm.features(batch)
+    settings = {"layers": layers, "apply_final_norm": bool(apply_final_norm), "max_new_tokens": int(max_new_tokens),
+                "decoder": "greedy-no-timestamps"}
+    paths = [store.result_path("encoder_lens", lm, clip, settings) if use_store else None for clip in audio_list]
+    per_clip = [store.read_record(p) if p is not None else None for p in paths]  # [clip] -> that clip's rows
+    missing = [i for i, rows in enumerate(per_clip) if not _lens_rows_ok(rows, layers)]
+    batches = [missing[i:i + clips_per_batch] for i in range(0, len(missing), clips_per_batch)]
+    for batch in tqdm(batches, desc="encoder lens", disable=not progress):
+        feats, _ = lm.features([audio_list[i] for i in batch])
         with cache_activations(lm, names, device=None) as cache:
             run.encode_features(lm, feats)
         states = torch.stack([cache[name] for name in names], dim=1)  # (clips, layers, 1500, d_model)
@@ -207,17 +212,31 @@ def encoder_lens(lm: Any, audio_list: Sequence[np.ndarray], references: Sequence
         if apply_final_norm:
             states = core.encoder.layer_norm(states)
         decoded = run.greedy(lm, states, max_new_tokens=max_new_tokens)
-        for k, (text_ids, hit_limit) in enumerate(zip(decoded.text_ids, decoded.hit_limit)):
-            clip, layer = start + k // len(layers), layers[k % len(layers)]
-            text = lm.tokenizer.decode(text_ids, skip_special_tokens=True).strip()
-            row = {"clip": clip, "layer": layer, "transcript": text, "n_tokens": len(text_ids),
-                   "hit_limit": hit_limit}  # no <|endoftext|> before the cap
+        texts = decoded.texts(lm.tokenizer)
+        for j, clip in enumerate(batch):
+            at = range(j * len(layers), (j + 1) * len(layers))
+            per_clip[clip] = [{"layer": layer, "transcript": texts[k], "n_tokens": len(decoded.text_ids[k]),
+                               "hit_limit": decoded.hit_limit[k]}  # no <|endoftext|> before the cap
+                              for layer, k in zip(layers, at)]
+            if paths[clip] is not None:
+                store.write_record(paths[clip], per_clip[clip])
+    rows = []
+    for clip, clip_rows in enumerate(per_clip):
+        for row in clip_rows:
+            row = {"clip": clip, **row}
             if references is not None:
-                ref = references[clip]
+                ref, text = references[clip], row["transcript"]
                 row.update(wer=word_error_rate(ref, text), kind=transcript_kind(ref, text),
                            repetitive=is_repetitive(text))
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _lens_rows_ok(rows: Any, layers: Sequence[int]) -> bool:
+    """Whether a stored record holds one well-formed row per layer (else the clip is computed again)."""
+    keys = {"layer", "transcript", "n_tokens", "hit_limit"}
+    return (isinstance(rows, list) and [r.get("layer") if isinstance(r, dict) else None for r in rows] == layers
+            and all(keys <= set(r) for r in rows))
 
 
 # ---------------------------------------------------------------------------------------------------------------

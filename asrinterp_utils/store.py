@@ -1,5 +1,9 @@
 """A content-addressed store of per-clip results, so that nothing is computed twice.
 
+It holds transcripts (:func:`transcripts`, read by loop mining) and the encoder lens's rows
+(:func:`asrinterp_utils.lens.encoder_lens`). Pooled features live in :mod:`asrinterp_utils.extract`'s sharded
+folders, keyed the same way (model, clips, hook points, pooling, settings).
+
 A result is filed under a key made of what determines it: the kind of result, the model (name, where its weights
 came from, dtype), the clip's samples (sha256 of its float32 bytes) and the settings. The same clip decoded by the
 same model with the same settings in another chapter, another process or another build finds the stored result;
@@ -24,7 +28,8 @@ import numpy as np
 from . import run
 from .runtime import cache_dir, write_text_atomic
 
-__all__ = ["Transcript", "clip_digest", "model_digest", "result_path", "transcripts"]
+__all__ = ["Transcript", "clip_digest", "model_digest", "result_path", "transcripts", "read_record",
+           "write_record"]
 
 
 def clip_digest(clip: np.ndarray) -> str:
@@ -55,13 +60,26 @@ class Transcript:
     hit_limit: bool
 
 
-def _read(path: Path) -> Transcript | None:
+def read_record(path: Path) -> Any:
+    """The JSON record at ``path``, or None when there is none or it is damaged (then it is computed again)."""
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        return Transcript(str(record["text"]), [int(i) for i in record["text_ids"]], bool(record["hit_limit"]))
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    except (ValueError, KeyError, TypeError):  # a damaged record: compute it again
+    except ValueError:
+        return None
+
+
+def write_record(path: Path, record: Any) -> None:
+    """Write a JSON record atomically (a reader never sees half of it; two writers of one key write the same)."""
+    write_text_atomic(path, json.dumps(record))
+
+
+def _read(path: Path) -> Transcript | None:
+    record = read_record(path)
+    try:
+        return Transcript(str(record["text"]), [int(i) for i in record["text_ids"]], bool(record["hit_limit"]))
+    except (KeyError, TypeError, ValueError):  # none, or a damaged record: compute it again
         return None
 
 
@@ -83,5 +101,5 @@ def transcripts(lm: Any, clips: Sequence[np.ndarray], *, max_new_tokens: int = 1
         for i, text, ids, hit in zip(rows, texts, decoded.text_ids, decoded.hit_limit):
             out[i] = Transcript(text, list(ids), bool(hit))
             if paths[i] is not None:
-                write_text_atomic(paths[i], json.dumps(asdict(out[i])))
+                write_record(paths[i], asdict(out[i]))
     return out  # type: ignore[return-value]

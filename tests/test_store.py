@@ -42,3 +42,21 @@ def test_only_missing_or_damaged_records_are_recomputed(lm, monkeypatch):
     assert calls == [2]  # the damaged record and the changed clip, in one batch
     assert again[:2] == first[:2]
     assert store.clip_digest(changed) != store.clip_digest(clips[2])
+
+
+def test_encoder_lens_rows_are_stored_per_clip_and_read_back(tmp_path, monkeypatch):
+    from asrinterp_utils import lens
+    from asrinterp_utils.models import load_model
+
+    monkeypatch.setenv("ASRINTERP_CACHE", str(tmp_path))
+    tiny = load_model("tiny.en")
+    clips = toy_clips(3, seed=3)
+    first = lens.encoder_lens(tiny, clips[:2], layers=[2, 3], max_new_tokens=6, progress=False)
+    calls = []
+    greedy = run.greedy
+    monkeypatch.setattr(run, "greedy", lambda m, s, **kw: calls.append(len(s)) or greedy(m, s, **kw))
+    again = lens.encoder_lens(tiny, clips, layers=[2, 3], max_new_tokens=6, progress=False)
+    assert calls == [2]  # only the new clip's two layers were decoded
+    assert again.head(4).equals(first)
+    fresh = lens.encoder_lens(tiny, clips, layers=[2, 3], max_new_tokens=6, progress=False, use_store=False)
+    assert fresh.equals(again) and calls == [2, 6]
