@@ -462,7 +462,8 @@ def _with_first_arg(args: tuple, kwargs: dict, new: torch.Tensor) -> tuple[tuple
 class HookSession:
     """Attaches readers and writers to hook points of one model and removes every handle on exit.
 
-    Writers (patches) are prepended so that they run before readers (caches) on the same module. Use through
+    Writers (patches) run before readers (caches) on the same module, and in the order they were attached (an outer
+    ``patch`` before an inner one). Use through
     :func:`patch` or :func:`asrinterp_utils.cache.cache_activations`; open it with ``with``.
     """
 
@@ -536,7 +537,8 @@ class HookSession:
                     return None
                 new = fn(view, ctx)
                 return _with_first_arg(args, kwargs, new.reshape(act.shape))
-            self.handles.append(module.register_forward_pre_hook(_mark(pre_hook), with_kwargs=True, prepend=prepend))
+            handle = module.register_forward_pre_hook(_mark(pre_hook, write), with_kwargs=True, prepend=prepend)
+            self._keep(handle, module._forward_pre_hooks, write)
         else:
             index = 1 if point.is_pattern else (0 if how == "output[0]" else None)
 
@@ -556,7 +558,8 @@ class HookSession:
                 return (*output[:index], new, *output[index + 1:])
             if point.is_pattern:
                 fwd_hook._asrinterp_pattern_side = point.side
-            self.handles.append(module.register_forward_hook(_mark(fwd_hook), prepend=prepend))
+            self._keep(module.register_forward_hook(_mark(fwd_hook, write), prepend=prepend), module._forward_hooks,
+                       write)
 
     def _attach_mid_writer(self, point: HookPoint, fn: Writer) -> None:
         """Write a mid-block residual ``r = residual + attn_out`` by changing the attention output to
@@ -578,8 +581,23 @@ class HookSession:
             return (new - residual, *output[1:])
         self.handles.append(self.core.get_submodule(f"{lay}.{norm}").register_forward_pre_hook(
             _mark(grab_residual), with_kwargs=True, prepend=True))
-        self.handles.append(self.core.get_submodule(f"{lay}.{attn}").register_forward_hook(
-            _mark(rewrite_attention), prepend=True))
+        attention = self.core.get_submodule(f"{lay}.{attn}")
+        self._keep(attention.register_forward_hook(_mark(rewrite_attention, True), prepend=True),
+                   attention._forward_hooks, True)
+
+    def _keep(self, handle: Any, hooks: dict, write: bool) -> None:
+        """Keep the handle; a writer (registered first on its module) moves behind this package's earlier writers.
+
+        Writers therefore run in the order they were attached, before every other hook on the module (readers,
+        caches, transformers' own): an outer ``patch`` before an inner one, a dict's entries in their order.
+        """
+        self.handles.append(handle)
+        if not write:
+            return
+        others = [k for k in hooks if k != handle.id]
+        writers = [k for k in others if getattr(hooks[k], "_asrinterp_writer", False)]
+        for key in writers + [handle.id] + [k for k in others if k not in writers]:
+            hooks.move_to_end(key)
 
 
 def _heads_view(act: torch.Tensor, out_proj: nn.Module, point: HookPoint) -> torch.Tensor:
@@ -642,6 +660,7 @@ def pattern_hook_sides(model: Any) -> set[str]:
             if (side := getattr(fn, "_asrinterp_pattern_side", None))}
 
 
-def _mark(fn):
+def _mark(fn, write: bool = False):
     fn._asrinterp_hook = True
+    fn._asrinterp_writer = write
     return fn

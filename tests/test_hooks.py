@@ -1,6 +1,8 @@
 """The hook toolkit on small random-initialised Whisper models: parity, caching, patching, generation, errors."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -331,3 +333,26 @@ def test_dtype_follows_the_model(toy_inputs):
     with cache_activations(half, "enc.0.resid_post", dtype=torch.float32, pool="mean") as pooled:
         half(feats.bfloat16(), decoder_input_ids=ids)
     assert pooled["enc.0.resid_post"].dtype == torch.float32
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", ["dec.1.mlp_out", "dec.0.resid_post_cross", "enc.1.resid_pre", "dec.1.cross_head_out"])
+def test_interventions_apply_in_the_order_written(toy, toy_inputs, name):
+    """Nested patches: the outer one first, then the inner; two keys naming one point: in the dict's order; a list:
+    in its order. Zero then add(v) reads v; add(v) then zero reads 0."""
+    feats, _, ids = toy_inputs
+
+    def read(*plans):
+        with contextlib.ExitStack() as stack:
+            for plan in plans:
+                stack.enter_context(patch(toy, plan))
+            cache = stack.enter_context(cache_activations(toy, name))
+            toy(feats, decoder_input_ids=ids)
+        return cache[name]
+    v = torch.full((read({})).shape[-1:], 3.0)
+    alias = name.replace(".1.", ".*.").replace(".0.", ".*.")  # a wildcard naming the same point (and others)
+    assert torch.allclose(read({name: zero()}, {name: add(v)}), v.expand_as(read({})))
+    assert torch.equal(read({name: add(v)}, {name: zero()}), torch.zeros_like(read({})))
+    assert torch.allclose(read({name: [zero(), add(v)]}), v.expand_as(read({})))
+    assert torch.allclose(read({name: zero(), alias: add(v)}), v.expand_as(read({})))
+    assert torch.equal(read({alias: add(v), name: zero()}), torch.zeros_like(read({})))
