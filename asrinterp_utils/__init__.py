@@ -28,7 +28,7 @@ _runtime.configure_threads()  # before anything imports torch: OpenMP reads its 
 _runtime.configure_allocator()  # large tensors reuse freed memory instead of page-faulting fresh pages
 
 from .audio import AudioError, load_audio, make_batch  # noqa: E402
-from .cache import ActivationCache, cache_activations  # noqa: E402
+from .cache import ActivationCache, CachePassError, cache_activations  # noqa: E402
 from .hooks import HookPointError, add, apply, hook_point_table, mean_ablate, patch, replace, scale, zero  # noqa: E402
 from .models import LoadedModel, ModelNotAvailableError, load_model  # noqa: E402
 from .run import encode, generate_ids, greedy, teacher_force, transcribe  # noqa: E402
@@ -36,7 +36,8 @@ from .runtime import fast_mode  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [
-    "ActivationCache", "AudioError", "HookPointError", "LoadedModel", "ModelNotAvailableError", "add", "apply",
-    "cache_activations", "fast_mode", "hook_point_table", "load_audio", "load_model", "make_batch", "mean_ablate",
-    "patch", "replace", "scale", "zero", "encode", "generate_ids", "greedy", "teacher_force", "transcribe",
+    "ActivationCache", "AudioError", "CachePassError", "HookPointError", "LoadedModel", "ModelNotAvailableError",
+    "add", "apply", "cache_activations", "fast_mode", "hook_point_table", "load_audio", "load_model", "make_batch",
+    "mean_ablate", "patch", "replace", "scale", "zero", "encode", "generate_ids", "greedy", "teacher_force",
+    "transcribe",
 ]

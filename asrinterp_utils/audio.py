@@ -33,6 +33,13 @@ N_ENCODER_FRAMES = MAX_SAMPLES // SAMPLES_PER_ENCODER_FRAME  # 1500
 AudioLike = Union[str, Path, np.ndarray]
 
 
+MAX_CHANNELS = 8
+"""More channels than this along the shorter axis of a 2-D array means the axes were read the wrong way round."""
+MAX_FLOAT_AMPLITUDE = 8.0
+"""Float samples reach about 1 (a little more when clipped or mixed); beyond this they are integer PCM cast to float
+without scaling (int16 reaches 32768)."""
+
+
 class AudioError(ValueError):
     """Audio that Whisper cannot take as it is. The message says what to do."""
 
@@ -70,6 +77,12 @@ def to_whisper_audio(x: np.ndarray, sample_rate: int, *, name: str = "audio", ch
     """
     x = np.asarray(x)
     if x.ndim == 2:
+        samples, channels = x.shape if channels_last else x.shape[::-1]
+        if channels > samples and samples <= MAX_CHANNELS:
+            layout = "(channels, samples)" if channels_last else "(samples, channels)"
+            raise AudioError(f"{name}: shape {x.shape} looks like {layout} ({samples} channels of {channels} samples), "
+                             f"but channels_last={channels_last} reads it the other way round, as {channels} channels "
+                             f"of {samples} samples; pass channels_last={not channels_last}.")
         x = _scale_integer_pcm(x)
         x = x.mean(axis=1 if channels_last else 0)
     elif x.ndim != 1:
@@ -114,6 +127,12 @@ def validate_audio(x: np.ndarray, *, sample_rate: int = SAMPLE_RATE, name: str =
     if np.issubdtype(x.dtype, np.integer):
         raise AudioError(f"{name}: got integer samples ({x.dtype}); use to_whisper_audio(x, sample_rate) to scale them.")
     _check_finite_and_nonempty(x, name)
+    peak = float(np.max(np.abs(x)))
+    if peak > MAX_FLOAT_AMPLITUDE:
+        raise AudioError(
+            f"{name}: samples reach {peak:.0f}, but float audio lies in [-1, 1]. This looks like integer PCM cast to "
+            "float without scaling: divide int16 samples by 32768 (to_whisper_audio(x, sample_rate) does it for an "
+            "integer array).")
     if not allow_long and x.shape[0] > MAX_SAMPLES:
         raise AudioError(
             f"{name}: {x.shape[0] / SAMPLE_RATE:.1f} s is longer than Whisper's {MAX_SECONDS:.0f} s window. "

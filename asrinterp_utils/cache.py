@@ -6,8 +6,14 @@
 >>> cache.stack("enc.*.resid_post").shape   # (layers, batch, d_model)
 
 Full activations keep the point's layout, ``(batch, positions, ...)``; during ``generate`` the decoder's one-token
-steps are stitched back along the position axis. Pooled activations drop the position axis: ``(batch, ...)``,
-averaged (or maxed) over positions below ``n_frames`` (encoder) or ``n_tokens`` (decoder) for each clip, on the
+steps are stitched back along the position axis. One block records **one pass** per point: a decoder call that
+continues the previous one (the next positions, the same rows) extends it; a second encoder pass, or a decoder
+pass that starts again from an earlier position or has other rows, raises :class:`CachePassError` (cache each
+pass in a block of its own, or batch the clips into one call), because stitching two passes along positions or
+averaging them into one pool would be a silently wrong answer.
+
+Pooled activations drop the position axis: ``(batch, ...)``, averaged (or maxed) over positions below
+``n_frames`` (encoder) or ``n_tokens`` (decoder) for each clip (one entry per clip of the batch, checked), on the
 fly, so caching every layer of a large model costs a few vectors per clip. Whisper pads every clip to 1,500
 encoder frames; pooling over all of them would mostly average padding, so pass ``n_frames``.
 
@@ -114,6 +120,10 @@ class ActivationCache(Mapping):
         return cls(data, pooled=info.get("pooled"), meta=info.get("meta", {}))
 
 
+class CachePassError(RuntimeError):
+    """A cache block saw a second forward pass at a hook point (see the module docstring)."""
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
@@ -161,12 +171,40 @@ class _Collector:
         self.chunks: list = []
         self.total: torch.Tensor | None = None
         self.count: torch.Tensor | None = None
+        self.rows: int | None = None  # the pass's batch rows, and the position its next call must start at
+        self.next_position: int | None = None
 
     @property
     def kind(self) -> str:
         return "pattern" if self.point.is_pattern else "full"
 
+    def _check_one_pass(self, act: torch.Tensor, ctx: HookContext) -> None:
+        """Refuse a call that is not the continuation of this point's pass."""
+        rows, start = int(act.shape[0]), int(ctx.positions[0]) if len(ctx.positions) else 0
+        for name, given in (("n_frames" if self.point.side == "enc" else "n_tokens", self.lengths),
+                            ("first_frames", self.starts)):
+            if given is not None and len(given) != rows:
+                raise ValueError(f"{self.point.name}: {name} has {len(given)} entries but the forward pass has {rows} "
+                                 f"rows (clips); give one {name} entry per clip of the batch")
+        if self.rows is not None:
+            if self.point.side == "enc":
+                why = "a second encoder pass"
+            elif start != self.next_position:
+                why = (f"a second decoder pass (it starts at position {start}; the pass so far ends before "
+                       f"position {self.next_position})")
+            elif rows != self.rows:
+                why = f"a decoder call with {rows} rows after {self.rows}"
+            else:
+                why = None
+            if why is not None:
+                raise CachePassError(
+                    f"{self.point.name}: {why} inside one cache_activations block. A block records one pass per hook "
+                    "point: cache each pass in a block of its own, or run the clips as one batch.")
+        self.rows = rows
+        self.next_position = start + int(len(ctx.positions))
+
     def __call__(self, act: torch.Tensor, ctx: HookContext) -> None:
+        self._check_one_pass(act, ctx)
         act = act.detach()
         if self.pool is None:
             act = act.to(device=self.device, dtype=self.dtype or act.dtype)

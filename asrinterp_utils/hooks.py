@@ -64,6 +64,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -356,6 +357,12 @@ def _align_source(src: torch.Tensor, act: torch.Tensor, ctx: HookContext, n_rows
                     f"{last}. Give a value for every position (e.g. a source run as long as this one), a pooled "
                     "value (size 1 on the position axis), or restrict the patch with positions=...")
             src = src[:, ctx.positions.to(src.device)]
+    try:
+        torch.broadcast_shapes(src.shape, act.shape)
+    except RuntimeError:
+        raise ValueError(f"{ctx.point.name}: the patch value has shape {tuple(src.shape)}, which does not broadcast "
+                         f"to the activation {tuple(act.shape)} (the point's layout: batch, positions, "
+                         "...); give a value of that layout or of its last dimension") from None
     return src.to(device=act.device, dtype=act.dtype)
 
 
@@ -368,7 +375,17 @@ def _check_writable(point: HookPoint) -> None:
 
 
 def _intervene(act: torch.Tensor, iv: Intervention, ctx: HookContext) -> torch.Tensor:
-    """Apply one intervention to ``act`` (the point's layout) and return the new tensor."""
+    """Apply one intervention to ``act`` (the point's layout) and return the new tensor; an error says which point
+    and what it was given."""
+    try:
+        return _apply_intervention(act, iv, ctx)
+    except (IndexError, ValueError, RuntimeError) as error:
+        if str(error).startswith(ctx.point.name):
+            raise
+        raise type(error)(f"{ctx.point.name} ({iv.mode}, activation {tuple(act.shape)}): {error}") from error
+
+
+def _apply_intervention(act: torch.Tensor, iv: Intervention, ctx: HookContext) -> torch.Tensor:
     point = ctx.point
     _check_writable(point)
     rows = _index_list(iv.rows, act.shape[0], "rows")
@@ -629,8 +646,14 @@ def patch(model: Any, interventions: Mapping[str, Union[Intervention, Sequence[I
             text = run.transcribe(lm, [clip])
     """
     plan: list[tuple[HookPoint, list[Intervention]]] = []
+    if not isinstance(interventions, Mapping):
+        raise TypeError(f"patch takes a dict of hook-point name -> intervention, got {type(interventions).__name__}")
     for name, ivs in interventions.items():
         ivs = [ivs] if not isinstance(ivs, (list, tuple)) else list(ivs)
+        for iv in ivs:
+            if not isinstance(iv, (Intervention, torch.Tensor, np.ndarray, int, float, Mapping)):
+                raise TypeError(f"patch: the value for {name!r} is a {type(iv).__name__}; give an Intervention "
+                                "(zero(), add(v), replace(cache), ...), a tensor, a number or a cache")
         ivs = [iv if isinstance(iv, Intervention) else replace(iv) for iv in ivs]
         for point in resolve_hook_points(model, name):
             plan.append((point, ivs))

@@ -48,7 +48,10 @@ def word_error_rate(references: Sequence[str] | str, hypotheses: Sequence[str] |
 
 
 def clip_wers(references: Sequence[str], hypotheses: Sequence[str]) -> list[float]:
-    """WER of each clip on normalised text."""
+    """WER of each clip on normalised text (one hypothesis per reference)."""
+    if len(references) != len(hypotheses):
+        raise ValueError(f"clip_wers: {len(references)} references but {len(hypotheses)} hypotheses; give one "
+                         "hypothesis per reference, in the same order")
     return [word_error_rate(r, h) for r, h in zip(references, hypotheses)]
 
 

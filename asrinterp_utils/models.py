@@ -534,7 +534,8 @@ def load_model(name: str | os.PathLike = "tiny.en", device: str | torch.device |
             another model cannot be found / downloaded. The message says what to do.
     """
     name = os.fspath(name)
-    device = torch.device(device) if device is not None else runtime.default_device()
+    device = _check_device(device) if device is not None else runtime.default_device()
+    dtype = _check_dtype(dtype)
     if dtype is None:
         dtype = torch.float16 if device.type == "cuda" else torch.float32
     canonical = _ALIASES.get(name)
@@ -543,6 +544,33 @@ def load_model(name: str | os.PathLike = "tiny.en", device: str | torch.device |
     spec = _EMBEDDED[canonical]
     folder = _ensure_cache(spec)
     return _load_cached(spec, folder, device, dtype, attn_implementation)
+
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _check_device(device: Any) -> torch.device:
+    """``device`` as a ``torch.device`` that exists on this machine, or a ValueError listing the ones that do."""
+    here = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device={device!r} is not a device name ({error}); this machine has {here}") from None
+    if device.type == "cuda" and (not torch.cuda.is_available()
+                                  or (device.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"device={str(device)!r}: no such CUDA device here (torch.cuda.is_available() is "
+                         f"{torch.cuda.is_available()}); this machine has {here}")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device={str(device)!r} is not supported; this machine has {here}")
+    return device
+
+
+def _check_dtype(dtype: Any) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in _DTYPES:
+        return _DTYPES[dtype.removeprefix("torch.")]
+    raise ValueError(f"dtype={dtype!r} is not a model dtype; give one of {sorted(_DTYPES)} (or the torch dtype)")
 
 
 # ---------------------------------------------------------------------------------------------------------------

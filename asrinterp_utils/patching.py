@@ -128,13 +128,21 @@ def logit_diff(position: int | Sequence[int], good: int | Sequence[int], bad: in
     ``position + 1``. Each argument is one value for every row, or a sequence with one value per clip (rows of a
     stacked sweep repeat the clips in order)."""
     def metric(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        n = logits.shape[0]
-        def per_row(value):
+        n, n_positions, vocab = logits.shape
+
+        def per_row(value, what: str, size: int):
             t = torch.as_tensor(value, dtype=torch.long, device=logits.device).flatten()
+            if len(t) > 1 and n % len(t):
+                raise ValueError(f"logit_diff: {len(t)} values of {what} for {n} rows; give one per clip (the rows "
+                                 "repeat the clips) or one for all")
+            if int(t.min()) < 0 or int(t.max()) >= size:
+                raise ValueError(f"logit_diff: {what} must be in 0..{size - 1} for logits {tuple(logits.shape)}; got "
+                                 f"values from {int(t.min())} to {int(t.max())}")
             return t.repeat(n // len(t)) if len(t) > 1 else t.expand(n)
         rows = torch.arange(n, device=logits.device)
-        pos = per_row(position)
-        return (logits[rows, pos, per_row(good)] - logits[rows, pos, per_row(bad)]).float()
+        pos = per_row(position, "position", n_positions)
+        good_ids, bad_ids = per_row(good, "good", vocab), per_row(bad, "bad", vocab)
+        return (logits[rows, pos, good_ids] - logits[rows, pos, bad_ids]).float()
     return metric
 
 

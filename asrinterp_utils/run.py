@@ -208,6 +208,13 @@ def encode_features(model: Any, features: torch.Tensor, *, patches: Mapping[str,
     (a cache records this call) or a patch tied to rows, the batch runs as one call."""
     core = whisper_core(model)
     param = next(core.parameters())
+    n_mels, n_frames = int(core.config.num_mel_bins), 2 * int(core.config.max_source_positions)
+    if not isinstance(features, torch.Tensor) or features.ndim != 3 or tuple(features.shape[1:]) != (n_mels, n_frames):
+        shape = tuple(features.shape) if hasattr(features, "shape") else type(features).__name__
+        raise ValueError(f"features must be log-mel (batch, {n_mels}, {n_frames}) for this model, as lm.features(clips) "
+                         f"gives them; got {shape}")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     features = features.to(device=param.device, dtype=param.dtype)
     if active_hook_count(model) or any(_tied_to_rows(ivs) for ivs in (patches or {}).values()):
         batch_size = max(1, len(features))  # a cache outside stitches calls by position; row-tied patches need rows
@@ -369,6 +376,12 @@ def teacher_force(model: Any, states: torch.Tensor, decoder_input_ids: torch.Ten
     if ids.ndim != 2 or len(ids) != len(kv):
         raise ValueError(f"decoder_input_ids must be (rows, tokens) with one row per kv_rows entry ({len(kv)}); got "
                          f"{tuple(ids.shape)}")
+    n_ctx, vocab = int(core.config.max_target_positions), int(core.config.vocab_size)
+    if ids.shape[1] > n_ctx:
+        raise ValueError(f"decoder_input_ids has {ids.shape[1]} tokens; the decoder holds {n_ctx} positions")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+        raise ValueError(f"decoder_input_ids must be token ids in 0..{vocab - 1}; got values from {int(ids.min())} to "
+                         f"{int(ids.max())}")
     with attention_mode(model, "dec", kv, len(states)), patch(model, patches or {}):
         cache = _decoder_cache(model, cross_attention_kv(model, states))
         hidden = core.decoder(input_ids=ids, encoder_hidden_states=states, cache=cache,

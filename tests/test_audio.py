@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from asrinterp_utils import audio
-from asrinterp_utils.audio import AudioError
+from asrinterp_utils.audio import AudioError, to_whisper_audio, validate_audio
 
 
 def tone(seconds=1.0, rate=16000, freq=440.0):
@@ -95,3 +95,16 @@ def test_white_noise_matches_level_and_is_seeded():
     assert np.array_equal(n1, n2) and len(n1) == len(x)
     assert abs(audio.rms(n1) - audio.rms(x)) < 1e-4
     assert abs(audio.rms(audio.white_noise_like(x, level=0.1)) - 0.1) < 1e-4
+
+
+def test_channels_first_arrays_and_unscaled_pcm_are_refused():
+    stereo = np.random.default_rng(0).uniform(-0.5, 0.5, (2, 16_000)).astype(np.float32)
+    with pytest.raises(AudioError, match=r"looks like \(channels, samples\).*pass channels_last=False"):
+        to_whisper_audio(stereo, 16_000)
+    assert to_whisper_audio(stereo, 16_000, channels_last=False).shape == (16_000,)
+    with pytest.raises(AudioError, match=r"looks like \(samples, channels\).*pass channels_last=True"):
+        to_whisper_audio(stereo.T, 16_000, channels_last=False)
+    pcm = (stereo[0] * 32768).astype(np.int16).astype(np.float32)  # int16 cast to float, not scaled
+    with pytest.raises(AudioError, match="samples reach 16.*divide int16 samples by 32768"):
+        validate_audio(pcm)
+    validate_audio(np.clip(stereo[0] * 2.5, -1.2, 1.2))  # a clipped or mixed float clip is still audio

@@ -356,3 +356,37 @@ def test_interventions_apply_in_the_order_written(toy, toy_inputs, name):
     assert torch.allclose(read({name: [zero(), add(v)]}), v.expand_as(read({})))
     assert torch.allclose(read({name: zero(), alias: add(v)}), v.expand_as(read({})))
     assert torch.equal(read({alias: add(v), name: zero()}), torch.zeros_like(read({})))
+
+
+@torch.no_grad()
+def test_a_cache_block_records_one_pass_and_refuses_a_second(toy, toy_inputs):
+    """Two passes are neither stitched along positions nor averaged into one pool: the second one is refused,
+    naming the point; the decoder's continuing steps (generation) still extend the first."""
+    from asrinterp_utils import run
+    from asrinterp_utils.cache import CachePassError
+
+    feats, _, ids = toy_inputs
+    for pool in (None, "mean"):
+        with pytest.raises(CachePassError, match=r"enc\.0\.resid_post: a second encoder pass"):
+            with cache_activations(toy, "enc.0.resid_post", pool=pool):
+                toy.model.encoder(feats)
+                toy.model.encoder(feats)
+        with pytest.raises(CachePassError, match=r"dec\.1\.mlp_out: a second decoder pass \(it starts at position 0"):
+            with cache_activations(toy, "dec.1.mlp_out", pool=pool):
+                toy(feats, decoder_input_ids=ids)
+                toy(feats, decoder_input_ids=ids)
+    with pytest.raises(CachePassError, match=r"dec\.1\.mlp_out: a second decoder pass"):
+        with cache_activations(toy, "dec.1.mlp_out"):  # greedy's steps, then a teacher-forced pass: two passes
+            states = run.encode_features(toy, feats)
+            run.teacher_force(toy, states, run.greedy(toy, states, max_new_tokens=3).ids)
+    with cache_activations(toy, "dec.1.mlp_out") as steps:  # one pass, one token at a time
+        decoded = run.greedy(toy, run.encode_features(toy, feats), max_new_tokens=4)
+    assert steps["dec.1.mlp_out"].shape[:2] == (2, decoded.ids.shape[1] - 1)
+
+
+@torch.no_grad()
+def test_pooling_lengths_must_match_the_batch(toy, toy_inputs):
+    feats, _, _ = toy_inputs
+    with pytest.raises(ValueError, match=r"enc\.0\.resid_post: n_frames has 3 entries but the forward pass has 2 rows"):
+        with cache_activations(toy, "enc.0.resid_post", pool="mean", n_frames=[10, 20, 30]):
+            toy.model.encoder(feats)

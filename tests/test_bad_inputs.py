@@ -1,0 +1,191 @@
+"""A table of bad inputs to the public API: each must raise the package's error type with a message that names
+the argument, hook point or file and says what to do. A regression (a silent wrong answer, or an error from deep
+inside torch) shows up here. On the toy model (fast), except where a real tokenizer or the model loader is the
+point."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from asrinterp_utils import audio, hooks, lens, metrics, patching, probes, run
+from asrinterp_utils.audio import AudioError
+from asrinterp_utils.cache import CachePassError, cache_activations
+from asrinterp_utils.hooks import HookPointError
+
+from ._toy_lm import toy_clips, toy_loaded_model
+
+LM = toy_loaded_model()
+CLIPS = toy_clips(2)
+FEATS, _ = LM.features(CLIPS)
+STATES = run.encode_features(LM, FEATS)
+IDS = torch.tensor([[1, 3, 4, 5], [1, 3, 5, 6]])
+METRIC = patching.token_logprob(start=2)
+RNG = np.random.default_rng(0)
+
+
+def teacher_forced_under(plan):
+    with hooks.patch(LM, plan):
+        run.teacher_force(LM, STATES, IDS)
+
+
+def two_encoder_passes(pool=None):
+    with cache_activations(LM, "enc.0.resid_post", pool=pool):
+        run.encode_features(LM, FEATS[:1])
+        run.encode_features(LM, FEATS[1:])
+
+
+def greedy_then_teacher_force():
+    with cache_activations(LM, "dec.1.mlp_out"):
+        run.teacher_force(LM, STATES, run.greedy(LM, STATES, max_new_tokens=3).ids)
+
+
+def missing_cache_key():
+    with cache_activations(LM, "enc.0.resid_post") as cache:
+        run.encode_features(LM, FEATS)
+    return cache["enc.1.resid_post"]
+
+
+def pooled_with_three_lengths():
+    with cache_activations(LM, "enc.0.resid_post", pool="mean", n_frames=[10, 20, 30]):
+        run.encode_features(LM, FEATS)
+
+
+def stereo(shape):
+    return RNG.uniform(-0.5, 0.5, shape).astype(np.float32)
+
+
+CASES = [
+    # audio
+    ("audio: NaN samples", lambda: audio.validate_audio(np.array([0.0, np.nan], np.float32)), AudioError, "NaN"),
+    ("audio: empty", lambda: audio.validate_audio(np.zeros(0, np.float32)), AudioError, "empty"),
+    ("audio: 8 kHz", lambda: audio.validate_audio(np.zeros(800, np.float32), sample_rate=8000), AudioError,
+     "8000 Hz.*to_whisper_audio"),
+    ("audio: longer than 30 s", lambda: audio.validate_audio(np.zeros(16_000 * 31, np.float32)), AudioError,
+     "31.0 s.*chunk_audio"),
+    ("audio: 2-D array", lambda: audio.validate_audio(stereo((100, 2))), AudioError, r"shape \(100, 2\)"),
+    ("audio: integer samples", lambda: audio.validate_audio(np.zeros(100, np.int16)), AudioError, "int16"),
+    ("audio: int16 cast to float", lambda: audio.validate_audio(stereo(1000) * 30000), AudioError, "32768"),
+    ("audio: channels-first read as channels-last", lambda: audio.to_whisper_audio(stereo((2, 16_000)), 16_000),
+     AudioError, "channels_last=False"),
+    ("audio: channels-last read as channels-first",
+     lambda: audio.to_whisper_audio(stereo((16_000, 2)), 16_000, channels_last=False), AudioError,
+     "channels_last=True"),
+    ("audio: 3-D array", lambda: audio.to_whisper_audio(np.zeros((2, 2, 9)), 16_000), AudioError, r"\(2, 2, 9\)"),
+    ("audio: rate 0", lambda: audio.to_whisper_audio(np.zeros(10, np.float32), 0), AudioError, "sample rate"),
+    ("audio: missing file", lambda: audio.load_audio("/nonexistent/clip.wav"), AudioError, "/nonexistent/clip.wav"),
+    # models
+    ("model: device that is not here", lambda: __import__("asrinterp_utils.models").models.load_model(
+        "tiny.en", device="cuda:3"), ValueError, "cuda:3.*this machine has"),
+    ("model: not a device", lambda: __import__("asrinterp_utils.models").models.load_model(
+        "tiny.en", device="gpu0"), ValueError, "gpu0"),
+    ("model: dtype", lambda: __import__("asrinterp_utils.models").models.load_model("tiny.en", dtype="float8"),
+     ValueError, "float8.*bfloat16"),
+    ("model: features of one clip, not a list", lambda: LM.features(CLIPS[0]), TypeError, r"\[audio\]"),
+    ("model: no clips", lambda: LM.features([]), ValueError, "audio_list is empty"),
+    ("model: a bad clip in the list", lambda: LM.features([CLIPS[0], np.zeros((3, 3, 3))]), AudioError,
+     r"audio_list\[1\]"),
+    # the execution layer
+    ("encode: batch_size 0", lambda: run.encode(LM, CLIPS, batch_size=0), ValueError, "batch_size"),
+    ("encode: wrong mel bins", lambda: run.encode_features(LM, torch.zeros(1, 40, 300)), ValueError,
+     r"\(batch, 80, 300\).*\(1, 40, 300\)"),
+    ("greedy: 2-D states", lambda: run.greedy(LM, STATES[0], max_new_tokens=4), ValueError, r"states.*\(150, 16\)"),
+    ("greedy: states of another width", lambda: run.greedy(LM, torch.zeros(1, 150, 7), max_new_tokens=4), ValueError,
+     "states"),
+    ("greedy: max_new_tokens 0", lambda: run.greedy(LM, STATES, max_new_tokens=0), ValueError, "max_new_tokens"),
+    ("greedy: max_new_tokens past the context", lambda: run.greedy(LM, STATES, max_new_tokens=500), ValueError,
+     "max_new_tokens.*64 positions"),
+    ("greedy: kv_rows out of range", lambda: run.greedy(LM, STATES, kv_rows=[0, 5], max_new_tokens=4), ValueError,
+     "kv_rows"),
+    ("greedy: follow of the wrong length", lambda: run.greedy(LM, STATES, follow=[0], max_new_tokens=4), ValueError,
+     "follow"),
+    ("greedy: follow chains", lambda: run.greedy(LM, STATES, kv_rows=[0, 1, 1], follow=[0, 0, 1], max_new_tokens=4),
+     ValueError, "no chains"),
+    ("teacher_force: ids for fewer clips", lambda: run.teacher_force(LM, STATES, IDS[:1]), ValueError,
+     "decoder_input_ids"),
+    ("teacher_force: 1-D ids", lambda: run.teacher_force(LM, STATES, IDS[0]), ValueError, "decoder_input_ids"),
+    ("teacher_force: longer than the decoder", lambda: run.teacher_force(LM, STATES, torch.ones(2, 500).long()),
+     ValueError, "500 tokens.*64 positions"),
+    ("teacher_force: token id past the vocabulary", lambda: run.teacher_force(LM, STATES, torch.full((2, 4), 99)),
+     ValueError, "0..7"),
+    # hook points and interventions
+    ("hooks: misspelt point", lambda: hooks.parse_hook_point(LM, "dec.0.mlp_outt"), HookPointError, "dec.0.mlp_out"),
+    ("hooks: layer out of range", lambda: hooks.parse_hook_point(LM, "dec.9.mlp_out"), HookPointError,
+     "layer 9.*0..1"),
+    ("hooks: pattern that matches nothing", lambda: hooks.resolve_hook_points(LM, "dec.*.nothing"), HookPointError,
+     "dec.*.nothing"),
+    ("patch: head out of range", lambda: teacher_forced_under({"dec.0.cross_head_out": hooks.zero(heads=[7])}),
+     IndexError, r"dec\.0\.cross_head_out.*heads \[7\]"),
+    ("patch: row out of range", lambda: teacher_forced_under({"dec.0.mlp_out": hooks.zero(rows=[5])}), IndexError,
+     r"dec\.0\.mlp_out.*rows \[5\]"),
+    ("patch: steering vector of the wrong width", lambda: teacher_forced_under({"dec.0.mlp_out": hooks.add(
+        torch.ones(5))}), ValueError, r"dec\.0\.mlp_out.*\(5,\).*\(2, 4, 16\)"),
+    ("patch: value for another batch", lambda: teacher_forced_under({"dec.0.mlp_out": hooks.replace(
+        torch.ones(3, 4, 16))}), ValueError, r"dec\.0\.mlp_out.*batch 3"),
+    ("patch: heads on a point without heads", lambda: teacher_forced_under({"dec.0.mlp_out": hooks.zero(heads=[0])}),
+     HookPointError, "per-head point"),
+    ("patch: writing an attention pattern", lambda: teacher_forced_under({"dec.0.cross_pattern": hooks.zero()}),
+     HookPointError, "read-only"),
+    ("patch: a string instead of an intervention", lambda: teacher_forced_under({"dec.0.mlp_out": "zero"}),
+     TypeError, "'dec.0.mlp_out' is a str"),
+    ("patch: not a dict", lambda: teacher_forced_under([hooks.zero()]), TypeError, "dict"),
+    # caches
+    ("cache: unknown pool", lambda: cache_activations(LM, "enc.0.resid_post", pool="median").__enter__(), ValueError,
+     "median"),
+    ("cache: a point that was not cached", missing_cache_key, KeyError, "enc.1.resid_post.*Nearest"),
+    ("cache: two encoder passes in one block", two_encoder_passes, CachePassError,
+     r"enc\.0\.resid_post: a second encoder pass"),
+    ("cache: two encoder passes, pooled", lambda: two_encoder_passes("mean"), CachePassError, "second encoder pass"),
+    ("cache: greedy then teacher forcing in one block", greedy_then_teacher_force, CachePassError,
+     "second decoder pass"),
+    ("cache: n_frames for another batch", pooled_with_three_lengths, ValueError, "n_frames has 3 entries.*2 rows"),
+    # lenses
+    ("lens: token ids for fewer clips", lambda: lens.logit_lens(LM, FEATS, IDS[:1]), ValueError,
+     "2 clips.*1 rows"),
+    ("lens: encoder layer out of range", lambda: lens.encoder_lens(LM, CLIPS, layers=[9]), ValueError,
+     r"0\.\.1.*\[9\]"),
+    ("lens: references for fewer clips", lambda: lens.encoder_lens(LM, CLIPS, references=["a"]), ValueError,
+     "1 references for 2 clips"),
+    # patching
+    ("patching: features and ids of different batches", lambda: patching.run_sweep(
+        LM, FEATS[:1], IDS, patching.component_targets(LM, "dec.*.mlp_out"), METRIC), ValueError,
+     "decoder_input_ids"),
+    ("patching: unknown method", lambda: patching.run_sweep(LM, FEATS, IDS, [], METRIC, method="fast"), ValueError,
+     "'fast'"),
+    ("patching: logit_diff position past the tokens", lambda: patching.logit_diff(10, 1, 2)(torch.zeros(2, 4, 8),
+                                                                                          IDS), ValueError,
+     "position must be in 0..3"),
+    ("patching: logit_diff values for another number of clips", lambda: patching.logit_diff([1, 2, 3], 1, 2)(
+        torch.zeros(2, 4, 8), IDS), ValueError, "3 values of position for 2 rows"),
+    ("patching: encoder and decoder targets in one generation sweep", lambda: patching.generate_sweep(
+        LM, CLIPS, [patching.PatchTarget("x", {"enc.0.mlp_out": hooks.zero(), "dec.0.mlp_out": hooks.zero()})]),
+     ValueError, "either encoder points or decoder points"),
+    ("patching: one reference for two clips", lambda: patching.clean_and_reference(LM, CLIPS, reference=CLIPS[:1]),
+     ValueError, "one reference clip per clip"),
+    ("patching: REFERENCE outside a generation sweep's replace", lambda: patching.generate_sweep(
+        LM, CLIPS, [patching.PatchTarget("x", {"dec.0.mlp_out": hooks.add(patching.REFERENCE)})], max_new_tokens=2),
+     ValueError, "REFERENCE is a source for replace"),
+    # probes
+    ("probes: fewer labels than clips", lambda: probes.probe_layers(RNG.random((10, 2, 4)), np.array([0, 1] * 4),
+                                                                    np.arange(10)), ValueError, "labels 8"),
+    ("probes: fewer groups than clips", lambda: probes.probe_layers(RNG.random((10, 2, 4)), np.array([0, 1] * 5),
+                                                                    np.arange(9)), ValueError, "groups 9"),
+    ("probes: one class", lambda: probes.probe_layers(RNG.random((10, 2, 4)), np.zeros(10), np.arange(10)),
+     ValueError, "two classes"),
+    ("probes: NaN features", lambda: probes.probe_layers(np.full((10, 2, 4), np.nan), np.array([0, 1] * 5),
+                                                         np.arange(10)), ValueError, "NaN"),
+    # metrics
+    ("metrics: WER of more hypotheses than references", lambda: metrics.clip_wers(["a"], ["a", "b"]), ValueError,
+     "1 references but 2 hypotheses"),
+]
+
+
+@pytest.mark.parametrize("what, call, error, message", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_raises_a_clear_error(what, call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+    assert hooks.active_hook_count(LM) == 0  # no hook left behind by the failure
+
+
+def test_the_table_is_large_enough_to_mean_something():
+    assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
