@@ -51,6 +51,13 @@ so later steps see the patched history: exactly what a teacher-forced forward ov
 patch computes (a test proves it). Encoder patches apply once, before the cross-attention keys and values are
 computed from the encoder output. Caching during generation supports greedy decoding (one beam).
 
+Order of interventions
+----------------------
+Interventions apply in the order written: a list on one point in its order, the entries of one ``patch`` dict in
+the dict's order (two keys that name the same point included), and nested ``patch`` blocks outer first, then inner.
+So ``with patch(lm, {p: zero()}): with patch(lm, {p: add(v)}): ...`` reads ``v`` at ``p``, and the other nesting
+reads 0. ``tests/test_intervention_laws.py`` property-tests these laws (identity, composition, restriction).
+
 Hooks are attached by :class:`HookSession` (used by :func:`asrinterp_utils.cache.cache_activations` and
 :func:`patch`) and always removed when the ``with`` block exits, exceptions included. Patches run before caches
 on the same module, so a cache inside or outside a patch records the patched values.
