@@ -4,13 +4,20 @@ inside torch) shows up here. On the toy model (fast), except where a real tokeni
 point."""
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from asrinterp_utils import audio, hooks, lens, metrics, patching, probes, run
+from asrinterp_utils import audio, extract, hooks, lens, metrics, patching, probes, run
 from asrinterp_utils.audio import AudioError
 from asrinterp_utils.cache import CachePassError, cache_activations
+from asrinterp_utils.data import bank
 from asrinterp_utils.hooks import HookPointError
 
 from ._toy_lm import toy_clips, toy_loaded_model
@@ -22,6 +29,8 @@ STATES = run.encode_features(LM, FEATS)
 IDS = torch.tensor([[1, 3, 4, 5], [1, 3, 5, 6]])
 METRIC = patching.token_logprob(start=2)
 RNG = np.random.default_rng(0)
+TMP = Path(tempfile.mkdtemp(prefix="asrinterp-bad-inputs-"))  # extraction folders of the table's rows
+atexit.register(shutil.rmtree, TMP, ignore_errors=True)
 
 
 def teacher_forced_under(plan):
@@ -49,6 +58,11 @@ def missing_cache_key():
 def pooled_with_three_lengths():
     with cache_activations(LM, "enc.0.resid_post", pool="mean", n_frames=[10, 20, 30]):
         run.encode_features(LM, FEATS)
+
+
+def other_configuration_in_one_folder():
+    extract.extract_features(LM, CLIPS, "enc.0.mlp_out", out_dir=TMP / "e", progress=False)
+    extract.extract_features(LM, CLIPS, "enc.1.mlp_out", out_dir=TMP / "e", progress=False)
 
 
 def stereo(shape):
@@ -174,6 +188,29 @@ CASES = [
      ValueError, "two classes"),
     ("probes: NaN features", lambda: probes.probe_layers(np.full((10, 2, 4), np.nan), np.array([0, 1] * 5),
                                                          np.arange(10)), ValueError, "NaN"),
+    # extraction
+    ("extract: a decoder point on the encoder side", lambda: extract.extract_features(
+        LM, CLIPS, "dec.0.mlp_out", out_dir=TMP / "a", side="encoder"), ValueError, r"not encoder points"),
+    ("extract: unknown side", lambda: extract.extract_features(LM, CLIPS, "enc.0.mlp_out", out_dir=TMP / "b",
+                                                               side="middle"), ValueError, "'middle'"),
+    ("extract: unknown pool", lambda: extract.extract_features(LM, CLIPS, "enc.0.mlp_out", out_dir=TMP / "c",
+                                                               pool="median"), ValueError, "'median'"),
+    ("extract: attention patterns pooled", lambda: extract.extract_features(LM, CLIPS, "enc.0.attn_pattern",
+                                                                            out_dir=TMP / "d"), ValueError,
+     "cannot be pooled"),
+    ("extract: another configuration in the same folder", other_configuration_in_one_folder,
+     extract.ConfigMismatchError, r"enc\.0\.mlp_out.*enc\.1\.mlp_out"),
+    ("extract: a table without paths", lambda: extract.table_features(LM, pd.DataFrame({"x": [1]}), "enc.0.mlp_out"),
+     ValueError, "'path' column"),
+    # data
+    ("data: a dataset the bank does not have", lambda: bank.speech_dataset("klingon"), KeyError,
+     "'klingon'.*the bank has"),
+    ("data: spread by a missing column", lambda: bank.spread(pd.DataFrame({"a": [1]}), 1, "b"), KeyError,
+     "no column 'b'"),
+    ("data: truncation keeping more than the clip", lambda: bank.truncated_clips(
+        pd.DataFrame({"path": [], "text": []}), keep_fraction=1.5), ValueError, "keep_fraction"),
+    ("data: a speaker split without speakers", lambda: bank.speaker_split(pd.DataFrame({"a": [1]})), KeyError,
+     "no column 'speaker'"),
     # metrics
     ("metrics: WER of more hypotheses than references", lambda: metrics.clip_wers(["a"], ["a", "b"]), ValueError,
      "1 references but 2 hypotheses"),

@@ -302,6 +302,8 @@ def speech_dataset(name: str | BankSpec, *, fast: bool | None = None, rebuild: b
     noise, snr_db, noisy, split`` and the dataset's own (``word``, ``category`` for ``semantic``). ``split`` is
     ``train``/``test`` by speaker identity, stratified by gender (:func:`speaker_split`).
     """
+    if isinstance(name, str) and name not in SPECS:
+        raise KeyError(f"speech_dataset: no dataset named {name!r}; the bank has {sorted(SPECS)} (or pass a BankSpec)")
     spec = SPECS[name] if isinstance(name, str) else name
     fast = fast_mode() if fast is None else fast
     folder = cache_dir("bank", spec.name)
@@ -362,6 +364,9 @@ def speaker_split(table: pd.DataFrame, *, test_fraction: float = 0.3, seed: int 
     With ``stratify`` (e.g. ``"gender"``), speakers are split within each value of that column, so both sides
     keep every class when there are at least two speakers per class.
     """
+    missing = [c for c in ("speaker", stratify) if c is not None and c not in table.columns]
+    if missing:
+        raise KeyError(f"speaker_split: the table has no column {missing[0]!r} (its columns: {list(table.columns)})")
     rng = np.random.default_rng(seed)
     speakers = table.drop_duplicates("speaker")
     groups = [speakers] if stratify is None else [g for _, g in speakers.groupby(stratify)]
