@@ -32,11 +32,13 @@ REPORT_DIR = ROOT / "reports"
 
 
 def chapter_files() -> list[Path]:
-    """The chapters, then the generated report pages (which read what the chapters saved, so they run last)."""
+    """The chapters, the book's other pages that run code, then the generated report pages (which read what the
+    chapters saved, so they run last)."""
     md = sorted(CHAPTER_DIR.glob("*.md"))
     stems = {p.stem for p in md}
     ipynb = sorted(p for p in CHAPTER_DIR.glob("*.ipynb") if p.stem not in stems)
-    return sorted(md + ipynb) + sorted(REPORT_DIR.glob("*.md"))
+    pages = sorted(p for p in (ROOT / "book").glob("*.md") if "```{code-cell}" in p.read_text(encoding="utf-8"))
+    return sorted(md + ipynb) + pages + sorted(REPORT_DIR.glob("*.md"))
 
 
 @pytest.fixture
