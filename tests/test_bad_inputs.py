@@ -211,6 +211,9 @@ CASES = [
         pd.DataFrame({"path": [], "text": []}), keep_fraction=1.5), ValueError, "keep_fraction"),
     ("data: a speaker split without speakers", lambda: bank.speaker_split(pd.DataFrame({"a": [1]})), KeyError,
      "no column 'speaker'"),
+    ("data: a LibriSpeech split that does not exist", lambda: __import__(
+        "asrinterp_utils.data.online").data.online.librispeech("dev-klingon"), ValueError,
+     "'dev-klingon'.*validation.clean"),
     # metrics
     ("metrics: WER of more hypotheses than references", lambda: metrics.clip_wers(["a"], ["a", "b"]), ValueError,
      "1 references but 2 hypotheses"),

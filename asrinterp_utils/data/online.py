@@ -709,6 +709,11 @@ def _librispeech_folder_rows(folder: Path, split: Optional[str]) -> tuple[list[d
     return rows, base
 
 
+LIBRISPEECH_SPLITS = ("validation.clean", "validation.other", "test.clean", "test.other", "train.clean.100",
+                      "train.clean.360", "train.other.500")
+"""The splits of the Hub LibriSpeech's ``all`` configuration."""
+
+
 def librispeech(
     split: str = "validation.clean",
     n: Optional[int] = None,
@@ -756,6 +761,9 @@ def librispeech(
     not needed).
     """
     source = data_dir if data_dir is not None else dataset_id
+    if source == LIBRISPEECH_ID and config in (None, "all") and split not in LIBRISPEECH_SPLITS:
+        raise ValueError(f"librispeech: no split {split!r} in {LIBRISPEECH_ID}; its splits are "
+                         f"{list(LIBRISPEECH_SPLITS)} (pass config= for the 'clean'/'other' configurations' names)")
     local = Path(source) if _is_local(source) else None
     native_rows: Optional[list[dict]] = None
     if local is not None and local.is_dir() and next(local.rglob("*.trans.txt"), None) is not None:
