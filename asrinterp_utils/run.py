@@ -398,6 +398,10 @@ def teacher_force(model: Any, states: torch.Tensor, decoder_input_ids: torch.Ten
 # Greedy decoding
 # ---------------------------------------------------------------------------------------------------------------
 
+PRUNE_COPY_COST = 4
+"""Dead cross-attention key/value rows are dropped once ``dead rows x steps that may remain`` exceeds this times
+the live rows: copying a live row (read and write, with fresh pages) costs a few reads of it."""
+
 @dataclass
 class Decoded:
     """Greedy transcripts of a decoding batch.
@@ -590,8 +594,8 @@ def greedy(model: Any, states: torch.Tensor, *, max_new_tokens: int = 128,
                     phys_kv = phys_kv[source]
                     used = torch.unique(phys_kv)
                     # Drop the keys and values that no running row reads once reading them for the steps that
-                    # may remain costs more than copying the live ones (about twice a read).
-                    if (n_kv - len(used)) * (max_new_tokens - step - 1) > _PRUNE * len(used):
+                    # may remain costs more than copying the live ones.
+                    if (n_kv - len(used)) * (max_new_tokens - step - 1) > PRUNE_COPY_COST * len(used):
                         cache.cross_attention_cache.batch_select_indices(used.to(device))
                         states = states[used.to(device)]
                         phys_kv = torch.searchsorted(used, phys_kv)
@@ -616,9 +620,6 @@ def _unembed(proj_out: torch.nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
     unembedding for 8 rows on this book's 2-core CPU). The values agree to float rounding."""
     logits = (proj_out.weight @ hidden.T).T
     return logits if proj_out.bias is None else logits + proj_out.bias
-
-
-_PRUNE = 4
 
 
 def _group(keys: list) -> tuple[torch.Tensor, torch.Tensor]:
