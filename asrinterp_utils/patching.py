@@ -686,7 +686,8 @@ def generate_sweep(lm: Any, audio_list: Sequence[Any], targets: Sequence[PatchTa
                 for b in range(batch):
                     st = run.encode_features(lm, clean_feats[b:b + 1])  # nothing reused
                     rs = run.encode_features(lm, ref_feats[b:b + 1])
-                    per_clip.append(_patched_greedy(lm, st, rs, [target], max_new_tokens)[0][0][0])
+                    texts, _ = _patched_greedy(lm, st, rs, [target], max_new_tokens)
+                    per_clip.append(texts[0][0])  # the one target, the one clip
                 results.append(per_clip)
         else:
             # The unpatched rows ride along in the first batch (an empty target) unless they are known already.

@@ -211,8 +211,8 @@ def encode_features(model: Any, features: torch.Tensor, *, patches: Mapping[str,
     n_mels, n_frames = int(core.config.num_mel_bins), 2 * int(core.config.max_source_positions)
     if not isinstance(features, torch.Tensor) or features.ndim != 3 or tuple(features.shape[1:]) != (n_mels, n_frames):
         shape = tuple(features.shape) if hasattr(features, "shape") else type(features).__name__
-        raise ValueError(f"features must be log-mel (batch, {n_mels}, {n_frames}) for this model, as lm.features(clips) "
-                         f"gives them; got {shape}")
+        raise ValueError(f"features must be log-mel (batch, {n_mels}, {n_frames}) for this model, as "
+                         f"lm.features(clips) gives them; got {shape}")
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     features = features.to(device=param.device, dtype=param.dtype)
@@ -401,6 +401,7 @@ def teacher_force(model: Any, states: torch.Tensor, decoder_input_ids: torch.Ten
 PRUNE_COPY_COST = 4
 """Dead cross-attention key/value rows are dropped once ``dead rows x steps that may remain`` exceeds this times
 the live rows: copying a live row (read and write, with fresh pages) costs a few reads of it."""
+
 
 @dataclass
 class Decoded:

@@ -64,9 +64,7 @@ def read_record(path: Path) -> Any:
     """The JSON record at ``path``, or None when there is none or it is damaged (then it is computed again)."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except ValueError:
+    except (FileNotFoundError, ValueError):  # none yet, or a damaged record
         return None
 
 

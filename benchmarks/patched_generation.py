@@ -21,7 +21,7 @@ import time
 import torch
 
 from _common import matmul_peak, write
-from asrinterp_utils import patching, repetition, run
+from asrinterp_utils import patching, repetition
 from asrinterp_utils.data import bank
 from asrinterp_utils.data.real import clip_audio
 from asrinterp_utils.hooks import whisper_core
