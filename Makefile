@@ -113,7 +113,7 @@ $(STAMP_VENDOR): $(STAMP_NPM) scripts/vendor_js.py
 
 # pytest exit status 5 means it collected no tests: a failure here, said out loud.
 test: setup
-	@rc=0; ASRINTERP_FAST=1 $(PY) -m pytest $(PYTEST_ARGS) $(TESTS) || rc=$$?; \
+	@rc=0; ASRINTERP_FAST=1 $(PY) -m pytest --durations=15 $(PYTEST_ARGS) $(TESTS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5); treating that as a failure" >&2; fi; \
 	exit $$rc
 
