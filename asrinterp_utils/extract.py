@@ -19,8 +19,10 @@ What is pooled
 (``n_valid_frames`` of :meth:`~asrinterp_utils.models.LoadedModel.features`), never over the padding up to 30 s;
 or, with ``spans`` (one ``(start_s, end_s)`` per clip, e.g. a word's timestamps), over that span's frames only.
 
-``side="decoder"``: the model decodes its own greedy hypothesis (``run.greedy(lm, states)``,
-from the encoder output, so the encoder runs once per batch), then the decoder is teacher-forced on it.
+``side="decoder"``: the model decodes its own greedy hypothesis (:func:`asrinterp_utils.store.decoded`: the
+encoder output and the transcript are read from the store where earlier work on the same clip filed them, and
+computed at most once per batch otherwise), then the decoder is teacher-forced on it. Encoder-side extraction
+files each clip's encoder output in the store as it goes.
 The pooled span is the *generated tokens*: the text tokens and the closing ``<|endoftext|>`` (absent only
 when the text was cut at ``max_new_tokens``), so it is never empty, not even for an empty transcript. The prompt
 (``<|startoftranscript|>`` ...) is left out: it is run first, without hooks, and the generated tokens are then
@@ -71,7 +73,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import run
+from . import run, store
 from .cache import cache_activations
 from .hooks import hf_model, resolve_hook_points, whisper_core
 from .models import SAMPLE_RATE, SAMPLES_PER_ENCODER_FRAME, attention_backend
@@ -346,17 +348,22 @@ def _pool_batch(lm: Any, audio: Sequence[np.ndarray], names: Sequence[str], *, s
                 spans: Union[Sequence, None] = None) -> tuple[torch.Tensor, torch.Tensor, Union[torch.Tensor, None]]:
     """:func:`pool_batch`, plus (decoder side) the generated tokens ``(batch, n_new)`` on the CPU (None for the
     encoder side)."""
-    feats, n_frames = lm.features(audio)  # (batch, n_mels, 3000), (batch,)
     if side == "encoder":
+        feats, n_frames = lm.features(audio)  # (batch, n_mels, 3000), (batch,)
         first = None
         if spans is not None:
             first, n_frames = _span_frames(spans, n_frames)
+        plain = store.storable(lm)  # no patch around this call: the encoder output is the model's own
         with cache_activations(lm, names, pool=pool, n_frames=n_frames, first_frames=first) as cache:
-            run.encode_features(lm, feats)
+            states = run.encode_features(lm, feats)
+        if plain:  # filed for later decoder-side work on the same clips (lenses, transcripts, extraction)
+            store.file_states(lm, audio, states)
         return _stack(cache, names), n_frames - (0 if first is None else first), None
 
-    states = run.encode_features(lm, feats)  # (batch, frames, d_model)
-    ids = run.greedy(lm, states, max_new_tokens=max_new_tokens).ids  # (batch, n_prompt + n_new), CPU
+    # the encoder output (batch, frames, d_model) and the greedy transcripts, read from the store where another
+    # chapter already computed them for these clips
+    states = store.encoded(lm, audio).states
+    ids = store.decoded(lm, audio, max_new_tokens=max_new_tokens).ids  # (batch, n_prompt + n_new), CPU
     n_prompt = len(lm.prompt_ids())
     n_generated = _generated_lengths(ids[:, n_prompt:], int(hf_model(lm).generation_config.eos_token_id))
     new_ids = ids[:, n_prompt:].cpu()

@@ -169,7 +169,8 @@ def encoder_lens(lm: Any, audio_list: Sequence[np.ndarray], references: Sequence
     ``clips x layers`` states of the batch together, greedily
     (:func:`~asrinterp_utils.run.greedy`: the same tokens whatever the batch size, timestamp
     tokens suppressed). Each clip's rows are kept in the :mod:`~asrinterp_utils.store` (keyed by model, samples,
-    layers and settings) and read from there the next time (``use_store=False``: compute all, store nothing).
+    layers and settings) and read from there the next time (``use_store=False``, or a patch attached around the
+    call: compute all, store nothing); with the last layer read, the encoder output is filed too.
 
     Args:
         lm: a :class:`~asrinterp_utils.models.LoadedModel`.
@@ -197,6 +198,8 @@ def encoder_lens(lm: Any, audio_list: Sequence[np.ndarray], references: Sequence
     if references is not None and len(references) != len(audio_list):
         raise ValueError(f"{len(references)} references for {len(audio_list)} clips")
     names = [f"enc.{i}.resid_post" for i in layers]
+    plain = store.storable(lm)  # under a patch the rows are the patched model's: neither read nor stored
+    use_store = use_store and plain
     settings = {"layers": layers, "apply_final_norm": bool(apply_final_norm), "max_new_tokens": int(max_new_tokens),
                 "decoder": "greedy-no-timestamps"}
     paths = [store.result_path("encoder_lens", lm, clip, settings) if use_store else None for clip in audio_list]
@@ -208,6 +211,9 @@ def encoder_lens(lm: Any, audio_list: Sequence[np.ndarray], references: Sequence
         with cache_activations(lm, names, device=None) as cache:
             run.encode_features(lm, feats)
         states = torch.stack([cache[name] for name in names], dim=1)  # (clips, layers, 1500, d_model)
+        if plain and n - 1 in layers:  # the encoder output itself, filed for later decoder work on these clips
+            store.file_states(lm, [audio_list[i] for i in batch],
+                              core.encoder.layer_norm(cache[f"enc.{n - 1}.resid_post"]))
         states = states.flatten(0, 1)
         if apply_final_norm:
             states = core.encoder.layer_norm(states)
@@ -333,8 +339,9 @@ def corpus_logit_lens(lm: Any, audio_list: Sequence[np.ndarray], *, batch_size: 
     n_lens = len(whisper_core(lm).decoder.layers) + 1
     starts = range(0, len(audio_list), batch_size)
     for start in tqdm(starts, desc="logit lens", disable=not progress):
-        encoded = run.encode(lm, list(audio_list[start:start + batch_size]))  # one encoder pass per batch
-        decoded = run.greedy(lm, encoded.states, max_new_tokens=max_new_tokens)
+        batch = list(audio_list[start:start + batch_size])
+        encoded = store.encoded(lm, batch)  # at most one encoder pass (none where the store has the clip)
+        decoded = store.decoded(lm, batch, max_new_tokens=max_new_tokens)
         result = logit_lens(lm, None, decoded.ids, top_k=1, translator=translator, encoder_states=encoded.states)
         saturation = result.saturation_layer()
         for row, text_ids in enumerate(decoded.text_ids):
@@ -400,9 +407,10 @@ def decoder_residuals(lm: Any, audio_list: Sequence[np.ndarray], texts: Sequence
     end_of_text = int(lm.model.generation_config.eos_token_id)
     residuals, clips, targets = [], [], []
     for start in tqdm(range(0, len(audio_list), batch_size), desc="decoder residuals", disable=not progress):
-        states = run.encode(lm, list(audio_list[start:start + batch_size])).states
+        batch = list(audio_list[start:start + batch_size])
+        states = store.encoded(lm, batch).states
         if texts is None:
-            rows = run.greedy(lm, states, max_new_tokens=max_new_tokens).text_ids
+            rows = [t.text_ids for t in store.transcripts(lm, batch, max_new_tokens=max_new_tokens)]
         else:
             rows = [lm.tokenizer.encode(" " + t.strip(), add_special_tokens=False)[:max_new_tokens]
                     for t in texts[start:start + batch_size]]

@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from . import run
+from . import run, store
 from .hooks import Intervention, hf_model, patch, replace, resolve_hook_points, whisper_core, zero
 
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -207,7 +207,7 @@ def transcribe_and_score(lm: Any, clips: Sequence[Any], choice: WordChoice, *, m
     texts, diffs = [], []
     for start in range(0, len(clips), batch_size):
         rows = slice(start, start + batch_size)
-        states = run.encode(lm, clips[rows]).states
+        states = store.encoded(lm, clips[rows]).states
         texts += run.greedy(lm, states, max_new_tokens=max_new_tokens).texts(lm.tokenizer)
         ids = choice.ids[rows]
         part = logit_diff(choice.positions[rows], choice.spoken[rows], choice.competing[rows])
@@ -598,9 +598,8 @@ def encode_clips(lm: Any, audio_list: Sequence[Any], reference: Any = "white_noi
     length and level; or one clip per clip) once, for several :func:`generate_sweep` calls."""
     clips = list(audio_list)
     reference = _reference_clips(clips, reference)
-    clean, _ = lm.features(clips)
-    ref, _ = lm.features(reference)
-    return EncodedClips(clean, ref, run.encode_features(lm, clean), run.encode_features(lm, ref), id(lm.model))
+    clean, ref = store.encoded(lm, clips), store.encoded(lm, reference)  # read from the store where it can be
+    return EncodedClips(clean.features, ref.features, clean.states, ref.states, id(lm.model))
 
 
 @torch.no_grad()

@@ -1,6 +1,8 @@
 """A content-addressed store of per-clip results, so that nothing is computed twice.
 
-It holds transcripts (:func:`transcripts`, read by loop mining) and the encoder lens's rows
+It holds transcripts (:func:`transcripts`, read by loop mining and chapter 2), the encoder output of every clip a
+model has encoded (:func:`encoded`: the logit lens, the tuned lens, decoder-side extraction and transcripts read it
+instead of running the encoder again; encoder-side extraction files it as a by-product) and the encoder lens's rows
 (:func:`asrinterp_utils.lens.encoder_lens`). Pooled features live in :mod:`asrinterp_utils.extract`'s sharded
 folders, keyed the same way (model, clips, hook points, pooling, settings).
 
@@ -8,8 +10,8 @@ A result is filed under a key made of what determines it: the kind of result, th
 came from, dtype), the clip's samples (sha256 of its float32 bytes) and the settings. The same clip decoded by the
 same model with the same settings in another chapter, another process or another build finds the stored result;
 anything else that differs (another model, a resampled clip, another token limit) is another key. Values are
-small JSON records, one file each, under ``cache_dir("store", kind)``; each is written to a temporary file and
-renamed into place, so two writers of the same key (which write the same record) and a reader never see half a
+small JSON records (encoder outputs: one tensor file, ``(1500, d_model)`` in the model's dtype), one file each, under
+``cache_dir("store", kind)``; each is written to a temporary file and renamed into place, so two writers of the same key (which write the same record) and a reader never see half a
 file, and an interrupted run leaves nothing to clean up.
 
 >>> decoded = transcripts(lm, clips, max_new_tokens=96)     # computed once, read from the store afterwards
@@ -24,12 +26,17 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 from . import run
-from .runtime import cache_dir, write_text_atomic
+from .hooks import active_hook_count, hf_model, whisper_core
+from .runtime import atomic_path, cache_dir, write_text_atomic
 
-__all__ = ["Transcript", "clip_digest", "model_digest", "result_path", "transcripts", "read_record",
-           "write_record"]
+__all__ = ["Transcript", "clip_digest", "decoded", "encoded", "file_states", "model_digest", "result_path", "transcripts",
+           "read_record", "storable", "write_record"]
+
+# Bump when what an encoder-output file holds changes, so that old files are not read as new ones.
+STATES_FORMAT = 1
 
 
 def clip_digest(clip: np.ndarray) -> str:
@@ -43,11 +50,11 @@ def model_digest(lm: Any) -> str:
     return json.dumps([str(getattr(lm, "name", "?")), str(getattr(lm, "source", "?")), str(lm.dtype)])
 
 
-def result_path(kind: str, lm: Any, clip: np.ndarray, settings: dict) -> Path:
+def result_path(kind: str, lm: Any, clip: np.ndarray, settings: dict, *, suffix: str = ".json") -> Path:
     """Where the result of ``kind`` for this model, clip and settings lives (it may not exist yet)."""
     key = hashlib.sha256(json.dumps([kind, model_digest(lm), clip_digest(clip), settings],
                                     sort_keys=True).encode()).hexdigest()
-    return cache_dir("store", kind, key[:2]) / f"{key}.json"
+    return cache_dir("store", kind, key[:2]) / f"{key}{suffix}"
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,77 @@ def write_record(path: Path, record: Any) -> None:
     write_text_atomic(path, json.dumps(record))
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Encoder outputs
+# ---------------------------------------------------------------------------------------------------------------
+
+def _states_path(lm: Any, clip: np.ndarray) -> Path:
+    return result_path("encoder_states", lm, clip, {"format": STATES_FORMAT}, suffix=".pt")
+
+
+def storable(lm: Any) -> bool:
+    """Whether the encoder output is the plain model's: no hook of this package attached (a patch or a cache
+    outside needs the encoder to run) and the model in eval mode (dropout off)."""
+    return active_hook_count(lm) == 0 and not whisper_core(lm).training
+
+
+def _read_states(path: Path, shape: tuple[int, int]) -> torch.Tensor | None:
+    try:
+        states = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        return None
+    except Exception:  # a damaged file (torch raises several kinds): compute it again
+        return None
+    return states if isinstance(states, torch.Tensor) and tuple(states.shape) == shape else None
+
+
+def file_states(lm: Any, clips: Sequence[np.ndarray], states: torch.Tensor, *, replace: bool = False) -> None:
+    """File the plain encoder output ``states (batch, 1500, d_model)`` of ``clips`` (one row per clip) for later
+    :func:`encoded` calls; a clip already filed is kept unless ``replace`` (a damaged file is replaced). The caller
+    vouches that ``states`` are the unpatched model's (read-only caches may have been attached, e.g. extraction's
+    pooling hooks)."""
+    if len(clips) != len(states):
+        raise ValueError(f"file_states: {len(clips)} clips but {len(states)} rows of encoder states")
+    for clip, row in zip(clips, states):
+        path = _states_path(lm, clip)
+        if replace or not path.exists():
+            with atomic_path(path) as tmp:
+                torch.save(row.detach().to("cpu").clone(), tmp)  # clone: save this row, not the batch's storage
+
+
+@torch.no_grad()
+def encoded(lm: Any, clips: Sequence[np.ndarray], *, batch_size: int = 16, use_store: bool = True) -> run.Encoded:
+    """:func:`asrinterp_utils.run.encode`, reading each clip's encoder output from the store where this model
+    already encoded the same samples (in any chapter, process or build) and filing the others.
+
+    The store is used only for the plain model: with a hook of this package attached (a ``patch`` or a
+    ``cache_activations`` block around the call) or the model in training mode, the encoder runs and nothing is
+    read or filed. ``use_store=False`` does the same. Returns :class:`~asrinterp_utils.run.Encoded`
+    (``states``: ``(batch, 1500, d_model)`` on the model's device and dtype).
+    """
+    clips = list(clips)
+    if not use_store or not storable(lm):
+        return run.encode(lm, clips, batch_size=batch_size)
+    features, n_frames = lm.features(clips)
+    core = whisper_core(lm)
+    param = next(core.parameters())
+    shape = (int(core.config.max_source_positions), int(core.config.d_model))
+    paths = [_states_path(lm, c) for c in clips]
+    rows: list[torch.Tensor | None] = [_read_states(p, shape) for p in paths]
+    missing = [i for i, r in enumerate(rows) if r is None]
+    if missing:
+        computed = run.encode_features(lm, features[missing], batch_size=batch_size)
+        file_states(lm, [clips[i] for i in missing], computed, replace=True)
+        for i, row in zip(missing, computed):
+            rows[i] = row
+    states = torch.stack([r.to(device=param.device, dtype=param.dtype) for r in rows])  # type: ignore[union-attr]
+    return run.Encoded(features, n_frames, states)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Transcripts
+# ---------------------------------------------------------------------------------------------------------------
+
 def _read(path: Path) -> Transcript | None:
     record = read_record(path)
     try:
@@ -85,15 +163,18 @@ def transcripts(lm: Any, clips: Sequence[np.ndarray], *, max_new_tokens: int = 1
                 use_store: bool = True) -> list[Transcript]:
     """Greedy English transcripts (:func:`asrinterp_utils.run.greedy`) of clips (1-D float32 arrays at 16 kHz),
     read from the store where this model already transcribed the same samples with the same limit; the others are
-    computed in batches of ``batch_size`` and stored. ``use_store=False`` computes everything and stores nothing."""
+    computed in batches of ``batch_size`` and stored. ``use_store=False``, or a hook of this package attached (a
+    patch around the call), computes everything and stores nothing."""
     clips = list(clips)
+    use_store = use_store and storable(lm)  # under a patch the transcripts are the patched model's: not stored
     settings = {"max_new_tokens": int(max_new_tokens), "decoder": "greedy-no-timestamps"}
     paths = [result_path("transcript", lm, c, settings) for c in clips] if use_store else [None] * len(clips)
     out: list[Transcript | None] = [_read(p) if p is not None else None for p in paths]
     missing = [i for i, t in enumerate(out) if t is None]
     for start in range(0, len(missing), batch_size):
         rows = missing[start:start + batch_size]
-        decoded = run.greedy(lm, run.encode(lm, [clips[i] for i in rows]).states, max_new_tokens=max_new_tokens)
+        decoded = run.greedy(lm, encoded(lm, [clips[i] for i in rows], use_store=use_store).states,
+                             max_new_tokens=max_new_tokens)
         texts = decoded.texts(lm.tokenizer) if lm.tokenizer is not None else [" ".join(map(str, t))
                                                                                for t in decoded.text_ids]
         for i, text, ids, hit in zip(rows, texts, decoded.text_ids, decoded.hit_limit):
@@ -101,3 +182,18 @@ def transcripts(lm: Any, clips: Sequence[np.ndarray], *, max_new_tokens: int = 1
             if paths[i] is not None:
                 write_record(paths[i], asdict(out[i]))
     return out  # type: ignore[return-value]
+
+
+def decoded(lm: Any, clips: Sequence[np.ndarray], *, max_new_tokens: int = 128, batch_size: int = 16,
+            use_store: bool = True) -> run.Decoded:
+    """:func:`transcripts` laid out as :func:`asrinterp_utils.run.greedy` returns them (:class:`run.Decoded`:
+    ``ids (batch, n_prompt + n_steps)``, the prompt, each row's tokens, then ``<|endoftext|>`` padding), for work
+    that teacher-forces the model's own transcripts (lenses, decoder-side extraction)."""
+    rows = transcripts(lm, clips, max_new_tokens=max_new_tokens, batch_size=batch_size, use_store=use_store)
+    prompt = list(lm.prompt_ids())
+    end_of_text = int(hf_model(lm).generation_config.eos_token_id)
+    n_steps = max(len(t.text_ids) + (not t.hit_limit) for t in rows)
+    ids = torch.tensor([prompt + t.text_ids + [end_of_text] * (n_steps - len(t.text_ids)) for t in rows],
+                       dtype=torch.long)
+    return run.Decoded(ids=ids, text_ids=[list(t.text_ids) for t in rows], hit_limit=[t.hit_limit for t in rows],
+                       n_prompt=len(prompt))

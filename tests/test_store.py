@@ -3,6 +3,7 @@ afterwards, recomputed when damaged, and never mixed up with another clip's or a
 from __future__ import annotations
 
 import pytest
+import torch
 
 from asrinterp_utils import run, store
 
@@ -60,3 +61,102 @@ def test_encoder_lens_rows_are_stored_per_clip_and_read_back(tmp_path, monkeypat
     assert again.head(4).equals(first)
     fresh = lens.encoder_lens(tiny, clips, layers=[2, 3], max_new_tokens=6, progress=False, use_store=False)
     assert fresh.equals(again) and calls == [2, 6]
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("encoded again")
+
+
+def test_encoder_output_is_filed_once_then_read_back_exactly(lm, monkeypatch):
+    clips = toy_clips(3, seed=5)
+    direct = run.encode(lm, clips)
+    first = store.encoded(lm, clips[:2])
+    assert torch.equal(first.states, direct.states[:2]) and torch.equal(first.n_frames, direct.n_frames[:2])
+    calls = []
+    encode_features = run.encode_features
+    monkeypatch.setattr(run, "encode_features", lambda m, f, **kw: calls.append(len(f)) or encode_features(m, f, **kw))
+    again = store.encoded(lm, clips)
+    assert calls == [1]  # only the new clip ran through the encoder
+    assert torch.equal(again.features, direct.features)
+    # the new clip ran alone, not in a batch of three: equal to rounding (BLAS blocks differ with the batch)
+    assert torch.allclose(again.states, direct.states, atol=1e-5)
+    monkeypatch.setattr(run, "encode_features", _refuse)
+    assert torch.equal(store.encoded(lm, clips).states, again.states)  # all three read back, bit for bit
+
+
+def test_a_damaged_encoder_output_is_computed_again(lm):
+    clips = toy_clips(2, seed=6)
+    first = store.encoded(lm, clips)
+    path = store._states_path(lm, clips[0])
+    path.write_bytes(b"not a tensor")
+    assert torch.allclose(store.encoded(lm, clips).states, first.states, atol=1e-5)
+    assert torch.load(path, weights_only=True).shape == first.states.shape[1:]  # filed again, whole
+
+
+def test_the_store_is_bypassed_under_a_patch_and_files_nothing(lm, monkeypatch):
+    from asrinterp_utils.hooks import patch, zero
+
+    clips = toy_clips(2, seed=7)
+    with patch(lm, {"enc.0.resid_post": zero()}):
+        patched = store.encoded(lm, clips)
+    assert not any(store._states_path(lm, c).exists() for c in clips)  # a patched output is never filed
+    plain = store.encoded(lm, clips)
+    assert not torch.allclose(plain.states, patched.states)
+    with patch(lm, {"enc.0.resid_post": zero()}):  # and a stored plain output is never read under a patch
+        assert torch.equal(store.encoded(lm, clips).states, patched.states)
+
+
+def test_encoder_side_extraction_files_the_output_that_decoder_side_work_reads(lm, tmp_path, monkeypatch):
+    from asrinterp_utils.extract import extract_features
+
+    clips = toy_clips(3, seed=8)
+    extract_features(lm, clips, "enc.*.resid_post", out_dir=tmp_path / "enc", progress=False)
+    direct = run.encode(lm, clips)
+    monkeypatch.setattr(run, "encode_features", _refuse)
+    filed = store.encoded(lm, clips)  # every clip's output came from the extraction
+    assert torch.allclose(filed.states, direct.states, atol=1e-6)
+    transcripts = store.transcripts(lm, clips, max_new_tokens=4)  # decodes without running the encoder
+    assert len(transcripts) == 3
+
+
+def test_decoded_lays_stored_transcripts_out_as_greedy_does(lm):
+    clips = toy_clips(4, seed=9)
+    for limit in (3, 12):  # rows cut at the limit, and rows that end
+        direct = run.greedy(lm, run.encode(lm, clips).states, max_new_tokens=limit)
+        first, again = store.decoded(lm, clips, max_new_tokens=limit), store.decoded(lm, clips, max_new_tokens=limit)
+        for d in (first, again):
+            assert torch.equal(d.ids, direct.ids) and d.text_ids == direct.text_ids
+            assert d.hit_limit == direct.hit_limit and d.n_prompt == direct.n_prompt
+
+
+def test_stored_transcripts_are_not_read_under_a_patch(lm):
+    from asrinterp_utils.hooks import patch, zero
+
+    clips = toy_clips(3, seed=10)
+    plain = store.transcripts(lm, clips, max_new_tokens=6)
+    with patch(lm, {"enc.1.resid_post": zero()}):
+        patched = store.transcripts(lm, clips, max_new_tokens=6)
+        direct = run.greedy(lm, run.encode(lm, clips).states, max_new_tokens=6)
+    assert [t.text_ids for t in patched] == direct.text_ids  # the patched model's, not the stored plain ones
+    assert [t.text_ids for t in plain] != direct.text_ids
+    assert store.transcripts(lm, clips, max_new_tokens=6) == plain  # and the patched ones were not stored
+
+
+def test_encoder_lens_files_the_encoder_output_and_ignores_the_store_under_a_patch(tmp_path, monkeypatch):
+    from asrinterp_utils import lens
+    from asrinterp_utils.hooks import patch, zero
+    from asrinterp_utils.models import load_model
+
+    monkeypatch.setenv("ASRINTERP_CACHE", str(tmp_path))
+    tiny = load_model("tiny.en")
+    clips = toy_clips(2, seed=11)
+    plain = lens.encoder_lens(tiny, clips, layers=[1, 3], max_new_tokens=4, progress=False)
+    direct = run.encode(tiny, clips).states
+    monkeypatch.setattr(run, "encode_features", _refuse)
+    assert torch.allclose(store.encoded(tiny, clips).states, direct, atol=1e-5)  # filed by the lens
+    monkeypatch.undo()
+    monkeypatch.setenv("ASRINTERP_CACHE", str(tmp_path))
+    with patch(tiny, {"enc.3.resid_post": zero()}):
+        patched = lens.encoder_lens(tiny, clips, layers=[1, 3], max_new_tokens=4, progress=False)
+    assert patched[patched.layer == 1].transcript.tolist() == plain[plain.layer == 1].transcript.tolist()
+    assert patched[patched.layer == 3].transcript.tolist() != plain[plain.layer == 3].transcript.tolist()
