@@ -24,10 +24,9 @@ encoder output and the transcript are read from the store where earlier work on 
 computed at most once per batch otherwise), then the decoder is teacher-forced on it. Encoder-side extraction
 files each clip's encoder output in the store as it goes.
 The pooled span is the *generated tokens*: the text tokens and the closing ``<|endoftext|>`` (absent only
-when the text was cut at ``max_new_tokens``), so it is never empty, not even for an empty transcript. The prompt
-(``<|startoftranscript|>`` ...) is left out: it is run first, without hooks, and the generated tokens are then
-run on its key/value cache, so the hooks see absolute positions from ``len(prompt)`` on and
-``n_tokens = len(prompt) + n_generated`` masks the padding after each row's end. ``pool`` is ``"mean"``,
+when the text was cut at ``max_new_tokens``), so it is never empty, not even for an empty transcript. One
+teacher-forced pass (:func:`asrinterp_utils.run.teacher_force`) runs the prompt and the transcript; the prompt's
+positions (``<|startoftranscript|>`` ...) are left out of the pool, and so is the padding after each row's end. ``pool`` is ``"mean"``,
 ``"max"`` or ``"last"`` (the state at the final generated token).
 
 On disk
@@ -75,7 +74,7 @@ from tqdm.auto import tqdm
 
 from . import run, store
 from .cache import cache_activations
-from .hooks import hf_model, resolve_hook_points, whisper_core
+from .hooks import hf_model, resolve_hook_points
 from .models import SAMPLE_RATE, SAMPLES_PER_ENCODER_FRAME, attention_backend
 from .runtime import atomic_path, write_text_atomic
 
@@ -367,17 +366,11 @@ def _pool_batch(lm: Any, audio: Sequence[np.ndarray], names: Sequence[str], *, s
     n_prompt = len(lm.prompt_ids())
     n_generated = _generated_lengths(ids[:, n_prompt:], int(hf_model(lm).generation_config.eos_token_id))
     new_ids = ids[:, n_prompt:].cpu()
-    ids = ids.to(states.device)
-    decoder = whisper_core(lm).decoder
-    prompt = decoder(input_ids=ids[:, :n_prompt], encoder_hidden_states=states, use_cache=True)  # no hooks
+    with cache_activations(lm, names) as cache:  # one teacher-forced pass over the prompt and the transcript
+        run.teacher_force(lm, states, ids, logits=False)
     pools = _pools(pool)
-    full = len(pools) > 1 or pools[0] == "last"  # keep positions, pool below
-    with cache_activations(lm, names, pool=None if full else pools[0],
-                           n_tokens=n_prompt + n_generated) as cache:
-        decoder(input_ids=ids[:, n_prompt:], encoder_hidden_states=states, cache=prompt.cache, use_cache=True)
-    if not full:
-        return _stack(cache, names), n_generated, new_ids
-    acts = torch.stack([cache[n].float() for n in names], dim=1)  # (batch, n_points, n_new, d), from n_prompt on
+    # (batch, n_points, n_new, d): the generated positions only (the prompt is left out), padding masked below
+    acts = torch.stack([cache[n][:, n_prompt:].float() for n in names], dim=1)
     positions = torch.arange(acts.shape[2], device=acts.device)
     real = (positions[None, :] < n_generated.to(acts.device)[:, None])[:, None, :, None]  # (batch, 1, n_new, 1)
     pooled = []

@@ -214,6 +214,15 @@ CASES = [
     ("data: a LibriSpeech split that does not exist", lambda: __import__(
         "asrinterp_utils.data.online").data.online.librispeech("dev-klingon"), ValueError,
      "'dev-klingon'.*validation.clean"),
+    ("data: an accented corpus with no known column mapping", lambda: __import__(
+        "asrinterp_utils.data.online").data.online.accented_english("someone/unknown-accents"), ValueError,
+     "'someone/unknown-accents'.*edinburghcstr/edacc.*spec="),
+    ("data: an accented-corpus spec with a misspelt key", lambda: __import__(
+        "asrinterp_utils.data.online").data.online.accented_english(spec={"colums": {}}), ValueError,
+     r"\['colums'\].*'columns'"),
+    ("data: an accented-corpus spec mapping an unknown field", lambda: __import__(
+        "asrinterp_utils.data.online").data.online.accented_english(spec={"columns": {"speeker": "spk"}}),
+     ValueError, r"\['speeker'\].*'speaker'"),
     # metrics
     ("metrics: WER of more hypotheses than references", lambda: metrics.clip_wers(["a"], ["a", "b"]), ValueError,
      "1 references but 2 hypotheses"),

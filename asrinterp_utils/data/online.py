@@ -821,6 +821,31 @@ def librispeech(
 # ----------------------------------------------------------------------------------------------------------------
 # Accented English
 # ----------------------------------------------------------------------------------------------------------------
+def _check_accented_request(dataset_id: Any, key_id: str, spec: Optional[Mapping[str, Any]],
+                            data_dir: Any) -> None:
+    """Refuse, at once, a ``spec`` with keys :func:`accented_english` does not read (a typo would silently fall
+    back to EdAcc's mapping) and a Hub id with no known column mapping and no ``spec``."""
+    known_keys, known_fields = sorted(ACCENTED_CORPORA[EDACC_ID]), sorted(ACCENTED_CORPORA[EDACC_ID]["columns"])
+    if spec is not None:
+        if not isinstance(spec, Mapping):
+            raise TypeError(f"accented_english: spec must be a dict with some of the keys {known_keys}; got a "
+                            f"{type(spec).__name__}")
+        unknown = sorted(set(spec) - set(known_keys))
+        if unknown:
+            raise ValueError(f"accented_english: spec has keys it does not know: {unknown}; the keys are "
+                             f"{known_keys}")
+        unknown = sorted(set(spec.get("columns") or {}) - set(known_fields))
+        if unknown:
+            raise ValueError(f"accented_english: spec['columns'] maps fields it does not know: {unknown}; the "
+                             f"fields are {known_fields} (each -> the dataset's column, or None)")
+    hub_id = data_dir is None and isinstance(dataset_id, str) and not _is_local(dataset_id)
+    if hub_id and key_id not in ACCENTED_CORPORA and not spec:
+        raise ValueError(f"accented_english: no column mapping is known for the Hub dataset {dataset_id!r}; the "
+                         f"known ones are {sorted(ACCENTED_CORPORA)}. For another dataset pass spec={{'columns': "
+                         "{'audio': ..., 'text': ..., 'speaker': ..., 'gender': ..., 'accent': ..., 'clip_id': ...}, "
+                         "...}} (see the docstring).")
+
+
 def accented_english(
     dataset_id: Any = EDACC_ID,
     n: Optional[int] = None,
@@ -858,6 +883,7 @@ def accented_english(
     spec's ``extra`` columns (EdAcc: ``raw_accent`` -- the speaker's self-description -- and ``l1``).
     """
     key_id = str(dataset_id) if isinstance(dataset_id, (str, os.PathLike)) else ""
+    _check_accented_request(dataset_id, key_id, spec, data_dir)  # before any network call
     base = dict(ACCENTED_CORPORA.get(key_id, ACCENTED_CORPORA[EDACC_ID]))
     if spec:
         base.update(spec)
