@@ -26,8 +26,8 @@ files each clip's encoder output in the store as it goes.
 The pooled span is the *generated tokens*: the text tokens and the closing ``<|endoftext|>`` (absent only
 when the text was cut at ``max_new_tokens``), so it is never empty, not even for an empty transcript. One
 teacher-forced pass (:func:`asrinterp_utils.run.teacher_force`) runs the prompt and the transcript; the prompt's
-positions (``<|startoftranscript|>`` ...) are left out of the pool, and so is the padding after each row's end. ``pool`` is ``"mean"``,
-``"max"`` or ``"last"`` (the state at the final generated token).
+positions (``<|startoftranscript|>`` ...) are left out of the pool, and so is the padding after each row's end.
+``pool`` is ``"mean"``, ``"max"`` or ``"last"`` (the state at the final generated token).
 
 On disk
 -------
@@ -362,7 +362,7 @@ def _pool_batch(lm: Any, audio: Sequence[np.ndarray], names: Sequence[str], *, s
     # the encoder output (batch, frames, d_model) and the greedy transcripts, read from the store where another
     # chapter already computed them for these clips
     states = store.encoded(lm, audio).states
-    ids = store.decoded(lm, audio, max_new_tokens=max_new_tokens).ids  # (batch, n_prompt + n_new), CPU
+    ids = store.decoded(lm, audio, max_new_tokens=max_new_tokens, states=states).ids  # (batch, n_prompt + n_new)
     n_prompt = len(lm.prompt_ids())
     n_generated = _generated_lengths(ids[:, n_prompt:], int(hf_model(lm).generation_config.eos_token_id))
     new_ids = ids[:, n_prompt:].cpu()

@@ -341,7 +341,7 @@ def corpus_logit_lens(lm: Any, audio_list: Sequence[np.ndarray], *, batch_size: 
     for start in tqdm(starts, desc="logit lens", disable=not progress):
         batch = list(audio_list[start:start + batch_size])
         encoded = store.encoded(lm, batch)  # at most one encoder pass (none where the store has the clip)
-        decoded = store.decoded(lm, batch, max_new_tokens=max_new_tokens)
+        decoded = store.decoded(lm, batch, max_new_tokens=max_new_tokens, states=encoded.states)
         result = logit_lens(lm, None, decoded.ids, top_k=1, translator=translator, encoder_states=encoded.states)
         saturation = result.saturation_layer()
         for row, text_ids in enumerate(decoded.text_ids):
@@ -410,7 +410,7 @@ def decoder_residuals(lm: Any, audio_list: Sequence[np.ndarray], texts: Sequence
         batch = list(audio_list[start:start + batch_size])
         states = store.encoded(lm, batch).states
         if texts is None:
-            rows = [t.text_ids for t in store.transcripts(lm, batch, max_new_tokens=max_new_tokens)]
+            rows = [t.text_ids for t in store.transcripts(lm, batch, max_new_tokens=max_new_tokens, states=states)]
         else:
             rows = [lm.tokenizer.encode(" " + t.strip(), add_special_tokens=False)[:max_new_tokens]
                     for t in texts[start:start + batch_size]]

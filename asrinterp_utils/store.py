@@ -10,9 +10,10 @@ A result is filed under a key made of what determines it: the kind of result, th
 came from, dtype), the clip's samples (sha256 of its float32 bytes) and the settings. The same clip decoded by the
 same model with the same settings in another chapter, another process or another build finds the stored result;
 anything else that differs (another model, a resampled clip, another token limit) is another key. Values are
-small JSON records (encoder outputs: one tensor file, ``(1500, d_model)`` in the model's dtype), one file each, under
-``cache_dir("store", kind)``; each is written to a temporary file and renamed into place, so two writers of the same key (which write the same record) and a reader never see half a
-file, and an interrupted run leaves nothing to clean up.
+small JSON records (encoder outputs: one tensor file, ``(1500, d_model)`` in the model's dtype), one file each,
+under ``cache_dir("store", kind)``; each is written to a temporary file and renamed into place, so two writers of
+the same key (which write the same record) and a reader never see half a file, and an interrupted run leaves
+nothing to clean up.
 
 >>> decoded = transcripts(lm, clips, max_new_tokens=96)     # computed once, read from the store afterwards
 >>> decoded[0].text, decoded[0].text_ids, decoded[0].hit_limit
@@ -32,8 +33,8 @@ from . import run
 from .hooks import active_hook_count, hf_model, whisper_core
 from .runtime import atomic_path, cache_dir, write_text_atomic
 
-__all__ = ["Transcript", "clip_digest", "decoded", "encoded", "file_states", "model_digest", "result_path", "transcripts",
-           "read_record", "storable", "write_record"]
+__all__ = ["Transcript", "clip_digest", "decoded", "encoded", "file_states", "model_digest", "result_path",
+           "transcripts", "read_record", "storable", "write_record"]
 
 # Bump when what an encoder-output file holds changes, so that old files are not read as new ones.
 STATES_FORMAT = 1
@@ -97,9 +98,7 @@ def storable(lm: Any) -> bool:
 def _read_states(path: Path, shape: tuple[int, int]) -> torch.Tensor | None:
     try:
         states = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        return None
-    except Exception:  # a damaged file (torch raises several kinds): compute it again
+    except Exception:  # none yet (FileNotFoundError), or a damaged file (torch raises several kinds): compute it
         return None
     return states if isinstance(states, torch.Tensor) and tuple(states.shape) == shape else None
 
@@ -160,12 +159,15 @@ def _read(path: Path) -> Transcript | None:
 
 
 def transcripts(lm: Any, clips: Sequence[np.ndarray], *, max_new_tokens: int = 128, batch_size: int = 16,
-                use_store: bool = True) -> list[Transcript]:
+                use_store: bool = True, states: torch.Tensor | None = None) -> list[Transcript]:
     """Greedy English transcripts (:func:`asrinterp_utils.run.greedy`) of clips (1-D float32 arrays at 16 kHz),
     read from the store where this model already transcribed the same samples with the same limit; the others are
     computed in batches of ``batch_size`` and stored. ``use_store=False``, or a hook of this package attached (a
-    patch around the call), computes everything and stores nothing."""
+    patch around the call), computes everything and stores nothing. ``states``: the clips' encoder output
+    ``(batch, 1500, d_model)`` when the caller already has it (from :func:`encoded`), so it is not read again."""
     clips = list(clips)
+    if states is not None and len(states) != len(clips):
+        raise ValueError(f"transcripts: {len(states)} rows of encoder states for {len(clips)} clips")
     use_store = use_store and storable(lm)  # under a patch the transcripts are the patched model's: not stored
     settings = {"max_new_tokens": int(max_new_tokens), "decoder": "greedy-no-timestamps"}
     paths = [result_path("transcript", lm, c, settings) for c in clips] if use_store else [None] * len(clips)
@@ -173,8 +175,9 @@ def transcripts(lm: Any, clips: Sequence[np.ndarray], *, max_new_tokens: int = 1
     missing = [i for i, t in enumerate(out) if t is None]
     for start in range(0, len(missing), batch_size):
         rows = missing[start:start + batch_size]
-        decoded = run.greedy(lm, encoded(lm, [clips[i] for i in rows], use_store=use_store).states,
-                             max_new_tokens=max_new_tokens)
+        rows_states = (encoded(lm, [clips[i] for i in rows], use_store=use_store).states if states is None
+                       else states[torch.as_tensor(rows, device=states.device)])
+        decoded = run.greedy(lm, rows_states, max_new_tokens=max_new_tokens)
         texts = decoded.texts(lm.tokenizer) if lm.tokenizer is not None else [" ".join(map(str, t))
                                                                                for t in decoded.text_ids]
         for i, text, ids, hit in zip(rows, texts, decoded.text_ids, decoded.hit_limit):
@@ -185,11 +188,13 @@ def transcripts(lm: Any, clips: Sequence[np.ndarray], *, max_new_tokens: int = 1
 
 
 def decoded(lm: Any, clips: Sequence[np.ndarray], *, max_new_tokens: int = 128, batch_size: int = 16,
-            use_store: bool = True) -> run.Decoded:
+            use_store: bool = True, states: torch.Tensor | None = None) -> run.Decoded:
     """:func:`transcripts` laid out as :func:`asrinterp_utils.run.greedy` returns them (:class:`run.Decoded`:
     ``ids (batch, n_prompt + n_steps)``, the prompt, each row's tokens, then ``<|endoftext|>`` padding), for work
-    that teacher-forces the model's own transcripts (lenses, decoder-side extraction)."""
-    rows = transcripts(lm, clips, max_new_tokens=max_new_tokens, batch_size=batch_size, use_store=use_store)
+    that teacher-forces the model's own transcripts (lenses, decoder-side extraction). Arguments as for
+    :func:`transcripts`."""
+    rows = transcripts(lm, clips, max_new_tokens=max_new_tokens, batch_size=batch_size, use_store=use_store,
+                       states=states)
     prompt = list(lm.prompt_ids())
     end_of_text = int(hf_model(lm).generation_config.eos_token_id)
     n_steps = max(len(t.text_ids) + (not t.hit_limit) for t in rows)

@@ -160,3 +160,14 @@ def test_encoder_lens_files_the_encoder_output_and_ignores_the_store_under_a_pat
         patched = lens.encoder_lens(tiny, clips, layers=[1, 3], max_new_tokens=4, progress=False)
     assert patched[patched.layer == 1].transcript.tolist() == plain[plain.layer == 1].transcript.tolist()
     assert patched[patched.layer == 3].transcript.tolist() != plain[plain.layer == 3].transcript.tolist()
+
+
+def test_transcripts_use_the_encoder_output_they_are_given(lm, monkeypatch):
+    clips = toy_clips(3, seed=12)
+    given = store.encoded(lm, clips)
+    monkeypatch.setattr(store, "encoded", _refuse)  # the caller's states are used, not read again
+    decoded = store.decoded(lm, clips, max_new_tokens=5, states=given.states)
+    direct = run.greedy(lm, given.states, max_new_tokens=5)
+    assert torch.equal(decoded.ids, direct.ids)
+    with pytest.raises(ValueError, match="2 rows of encoder states for 3 clips"):
+        store.transcripts(lm, clips, max_new_tokens=6, states=given.states[:2])
