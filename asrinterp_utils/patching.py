@@ -593,12 +593,14 @@ class EncodedClips:
 
 
 @torch.no_grad()
-def encode_clips(lm: Any, audio_list: Sequence[Any], reference: Any = "white_noise") -> EncodedClips:
+def encode_clips(lm: Any, audio_list: Sequence[Any], reference: Any = "white_noise", *,
+                 use_store: bool = True) -> EncodedClips:
     """Encode clips (1-D float32 arrays at 16 kHz) and their references (``"white_noise"``: noise of each clip's
-    length and level; or one clip per clip) once, for several :func:`generate_sweep` calls."""
+    length and level; or one clip per clip) once, for several :func:`generate_sweep` calls. Encoder outputs are
+    read from the :mod:`~asrinterp_utils.store` where another run filed them (``use_store=False``: always encode)."""
     clips = list(audio_list)
     reference = _reference_clips(clips, reference)
-    clean, ref = store.encoded(lm, clips), store.encoded(lm, reference)  # read from the store where it can be
+    clean, ref = (store.encoded(lm, clips, use_store=use_store), store.encoded(lm, reference, use_store=use_store))
     return EncodedClips(clean.features, ref.features, clean.states, ref.states, id(lm.model))
 
 

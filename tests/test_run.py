@@ -191,3 +191,38 @@ def test_the_allocator_setting_can_be_turned_off(monkeypatch):
 
     monkeypatch.setenv("ASRINTERP_MALLOC", "default")
     assert runtime.configure_allocator() is False
+
+
+@torch.no_grad()
+def test_cross_attention_keys_and_values_are_the_projections_laid_out_by_frame(lm, states):
+    """Each decoder layer's cross-attention keys and values equal its k_proj/v_proj of the encoder output, as
+    ``(rows, heads, frames, d_head)`` views of ``(rows, heads, d_head, frames)`` storage; selecting rows keeps that."""
+    cross = run.cross_attention_kv(lm, states)
+    contiguous = run.cross_attention_kv(lm, states, frame_minor=False)
+    for layer, held, plain in zip(lm.model.model.decoder.layers, cross.layers, contiguous.layers):
+        attn = layer.encoder_attn
+        shape = (len(states), -1, attn.num_heads, attn.head_dim)
+        keys = attn.k_proj(states).view(shape).transpose(1, 2)
+        values = attn.v_proj(states).view(shape).transpose(1, 2)
+        assert held.keys.shape == keys.shape and torch.allclose(held.keys, keys, atol=1e-5)
+        assert torch.allclose(held.values, values, atol=1e-5)
+        assert plain.keys.is_contiguous() and torch.allclose(plain.keys, keys) and torch.allclose(plain.values, values)
+        assert held.keys.transpose(2, 3).is_contiguous() and held.values.transpose(2, 3).is_contiguous()
+        held.batch_select_indices(torch.tensor([2, 0]))
+        assert torch.allclose(held.keys, keys[[2, 0]], atol=1e-5)
+        assert held.keys.transpose(2, 3).is_contiguous()
+    with pytest.raises(RuntimeError, match="projected once"):
+        cross.layers[0].update(keys, values)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("tokens", [1, 5])
+def test_frame_minor_cross_attention_equals_fused_attention(tokens):
+    query, key, value = (torch.randn(3, 4, n, 8) for n in (tokens, 50, 50))
+    fused = torch.nn.functional.scaled_dot_product_attention(query, key, value, scale=0.5)
+    ours, weights = run._cross_attention(query, key.transpose(2, 3).contiguous().transpose(2, 3), value, 0.5,
+                                          eager=True)
+    assert torch.allclose(ours, fused, atol=1e-5)
+    assert weights.shape == (3, 4, tokens, 50) and torch.allclose(weights.sum(-1), torch.ones(3, 4, tokens))
+    contiguous, no_weights = run._cross_attention(query, key, value, 0.5, eager=False)  # the fused kernel
+    assert torch.allclose(contiguous, fused) and no_weights is None
