@@ -87,6 +87,21 @@ class ActivationCache(Mapping):
             raise KeyError(f"no cached point matches {pattern!r}")
         return torch.stack([self[n] for n in names])
 
+    def interpolate(self, other: "ActivationCache", step: float, pattern: str = "*") -> "ActivationCache":
+        """``self + step * (other - self)`` for every point matching ``pattern``: a cache a fraction ``step`` of the
+        way from this run to ``other`` (0 gives this run, 1 gives ``other``), e.g. a small step toward a noise run
+        to check a linear estimate where it must hold. Both caches must hold the points with the same shapes."""
+        names = self.select(pattern)
+        if not names:
+            raise KeyError(f"interpolate: no cached point matches {pattern!r}")
+        for name in names:
+            if name not in other or other[name].shape != self[name].shape:
+                seen = tuple(other[name].shape) if name in other else "missing"
+                raise ValueError(f"interpolate: {name} is {tuple(self[name].shape)} here and {seen} in the other "
+                                 "cache; cache both runs with the same points and inputs")
+        return ActivationCache({n: self[n] + step * (other[n] - self[n]) for n in names}, pooled=self.pooled,
+                               meta=self.meta)
+
     def to(self, device: Union[str, torch.device]) -> "ActivationCache":
         """A copy with every tensor on ``device``."""
         return ActivationCache({n: self[n].to(device) for n in self}, pooled=self.pooled, meta=self.meta)

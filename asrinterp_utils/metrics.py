@@ -131,3 +131,15 @@ def transcript_kind(reference: str, hypothesis: str, *, max_faithful_wer: float 
     if len(normalize_text(hypothesis).split()) >= min_fluent_words:
         return "fluent_unfaithful"
     return "fragment"
+
+
+TARGET_OUTCOMES = ("spoken", "expected", "other")
+"""The outcomes :func:`target_word_outcome` tells apart."""
+
+
+def target_word_outcome(transcript: str, spoken: str, expected: str) -> str:
+    """Which of two words a transcript wrote, as one of :data:`TARGET_OUTCOMES`: ``spoken`` when the word said in
+    the audio is among its normalised words (:func:`normalize_text`), else ``expected`` when the word its context
+    predicts is, else ``other``. ``spoken`` and ``expected`` are single normalised words."""
+    words = normalize_text(transcript).split()
+    return "spoken" if spoken in words else "expected" if expected in words else "other"

@@ -594,6 +594,19 @@ class ProbeSweep:
         """One row per source: its best layer (the rows with ``is_best``)."""
         return self.table[self.table.is_best].reset_index(drop=True)
 
+    def top(self, exclude: Sequence[str] = ()) -> tuple[pd.Series, pd.DataFrame]:
+        """The most accurate source at its best layer, among the sources not in ``exclude`` (e.g. the log-mel
+        input), and that probe's out-of-fold predictions: its row of :meth:`best` and the
+        :meth:`ProbeResult.predictions_frame` rows of its layer, in sample order."""
+        best = self.best()
+        best = best[~best.source.isin(list(exclude))]
+        if best.empty:
+            raise ValueError(f"top: no source left after excluding {list(exclude)}; the sweep has "
+                             f"{sorted(self.results)}")
+        row = best.sort_values("accuracy").iloc[-1]
+        predictions = self.results[row.source].predictions_frame()
+        return row, predictions[predictions.layer == row.layer].reset_index(drop=True)
+
     def _repr_html_(self) -> str:
         return self.best()._repr_html_()
 
@@ -714,3 +727,43 @@ def probe_transfer(train_features: Any, train_labels: Any, train_groups: Any, te
                 per_group.append({"layer": layer, "group": group, "label": test_labels[g == group][0],
                                   "accuracy": float(correct[g == group].mean()), "n": int((g == group).sum())})
     return TransferResult(table=pd.DataFrame(rows), per_group=pd.DataFrame(per_group) if per_group else None)
+
+
+def good_and_bad(table: pd.DataFrame, wer_column: str, *, seed: int = 0) -> pd.DataFrame:
+    """The paper's labels for predicting hallucinations from the decoder: ``good`` = clips transcribed with zero
+    WER, ``bad`` = the same number of clips with the highest WER (so the classes are balanced and chance is 50 %).
+    Where there are more good clips than wrong ones, as many good clips as wrong ones are drawn (seeded).
+
+    Returns the chosen rows of ``table`` with a ``label`` column (``good`` first, then ``bad`` from the highest
+    WER down)."""
+    if wer_column not in table:
+        raise KeyError(f"good_and_bad: no column {wer_column!r}; the table has {list(table.columns)}")
+    good = table[table[wer_column] == 0]
+    wrong = table[table[wer_column] > 0].sort_values(wer_column, ascending=False)
+    n = min(len(good), len(wrong))
+    good = good.sample(n, random_state=seed) if len(good) > n else good
+    return pd.concat([good.assign(label="good"), wrong.head(n).assign(label="bad")])
+
+
+BASELINE_VERDICTS = ("not above chance", "above both baselines", "below the input", "not clearly above the baselines")
+"""What :func:`compare_with_baselines` can say."""
+
+
+def compare_with_baselines(ci_low: float, ci_high: float, chance: float, control: float, baseline: float) -> str:
+    """How a trained network's best probe compares with chance, with the same probe on a control network (random
+    init) and with a baseline input (the log-mel features), one of :data:`BASELINE_VERDICTS`, from its 95 %
+    interval ``[ci_low, ci_high]``:
+
+    - ``not above chance``: the interval reaches chance (a null result);
+    - ``above both baselines``: the interval lies above both the control's and the baseline's accuracy (training put
+      the information into a linear form);
+    - ``below the input``: the interval lies below the baseline's accuracy (the network discards what its input has);
+    - ``not clearly above the baselines``: otherwise (the input already carries it).
+    """
+    if ci_low <= chance:
+        return "not above chance"
+    if ci_low > max(control, baseline):
+        return "above both baselines"
+    if ci_high < baseline:
+        return "below the input"
+    return "not clearly above the baselines"

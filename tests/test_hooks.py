@@ -390,3 +390,17 @@ def test_pooling_lengths_must_match_the_batch(toy, toy_inputs):
     with pytest.raises(ValueError, match=r"enc\.0\.resid_post: n_frames has 3 entries but the forward pass has 2 rows"):
         with cache_activations(toy, "enc.0.resid_post", pool="mean", n_frames=[10, 20, 30]):
             toy.model.encoder(feats)
+
+
+def test_interpolated_cache_runs_from_one_run_to_the_other():
+    clean = ActivationCache({"dec.0.cross_head_out": torch.zeros(2, 3, 4), "dec.0.mlp_out": torch.ones(2, 3)})
+    noise = ActivationCache({"dec.0.cross_head_out": torch.full((2, 3, 4), 2.0), "dec.0.mlp_out": torch.ones(2, 3)})
+    half = clean.interpolate(noise, 0.25, "dec.*.cross_head_out")
+    assert list(half) == ["dec.0.cross_head_out"] and torch.equal(half["dec.0.cross_head_out"],
+                                                                   torch.full((2, 3, 4), 0.5))
+    assert torch.equal(clean.interpolate(noise, 0.0)["dec.0.mlp_out"], clean["dec.0.mlp_out"])
+    assert torch.equal(clean.interpolate(noise, 1.0)["dec.0.cross_head_out"], noise["dec.0.cross_head_out"])
+    with pytest.raises(KeyError, match="no cached point"):
+        clean.interpolate(noise, 0.5, "enc.*")
+    with pytest.raises(ValueError, match="dec.0.mlp_out is"):
+        clean.interpolate(ActivationCache({"dec.0.mlp_out": torch.ones(5)}), 0.5, "dec.0.mlp_out")

@@ -272,6 +272,36 @@ def test_probe_sources_scores_every_source_on_the_same_splits_with_controls():
     assert abs(model_best.loc["baseline", "accuracy"] - 0.5) < 0.2   # pure noise: near chance
     for a, b in zip(sweep.results["model"].splits, sweep.controls["baseline"].splits):
         np.testing.assert_array_equal(a.test, b.test)   # one set of held-out speakers for all
+    top, predictions = sweep.top()
+    assert top.source == "model" and top.layer == SIGNAL_LAYER
+    assert predictions.layer.eq(SIGNAL_LAYER).all() and predictions["sample"].tolist() == list(range(len(labels)))
+    assert predictions.correct.mean() == pytest.approx(top.accuracy)
+    assert sweep.top(exclude=["model"])[0].source == "baseline"
+    with pytest.raises(ValueError, match="no source left"):
+        sweep.top(exclude=["model", "baseline"])
+
+
+def test_good_and_bad_balances_zero_wer_clips_against_the_worst():
+    table = pd.DataFrame({"clip": range(8), "wer": [0, 0, 0, 0, 0.1, 0.9, 0.5, 0]})
+    chosen = probes.good_and_bad(table, "wer", seed=0)
+    bad, good = chosen[chosen.label == "bad"], chosen[chosen.label == "good"]
+    assert bad.wer.tolist() == [0.9, 0.5, 0.1] and len(good) == 3 and (good.wer == 0).all()
+    assert probes.good_and_bad(table, "wer", seed=0).equals(chosen)          # seeded
+    few_good = probes.good_and_bad(table.assign(wer=[0, 1, 1, 1, 1, 1, 1, 1]), "wer")
+    assert (few_good.label == "good").sum() == 1 and (few_good.label == "bad").sum() == 1
+    with pytest.raises(KeyError, match="no column 'WER'"):
+        probes.good_and_bad(table, "WER")
+
+
+@pytest.mark.parametrize("interval, expected", [
+    ((0.45, 0.70), "not above chance"),                  # the interval reaches chance (0.5)
+    ((0.80, 0.90), "above both baselines"),              # above the control (0.6) and the input (0.7)
+    ((0.52, 0.60), "below the input"),                   # above chance, wholly below the input
+    ((0.65, 0.85), "not clearly above the baselines"),   # overlaps the input's accuracy
+])
+def test_compare_with_baselines_reads_the_interval(interval, expected):
+    assert probes.compare_with_baselines(*interval, chance=0.5, control=0.6, baseline=0.7) == expected
+    assert expected in probes.BASELINE_VERDICTS
 
 
 def test_probe_transfer_carries_a_planted_signal_to_another_domain_and_refuses_unknown_labels():
