@@ -100,7 +100,8 @@ class _Route:
 def _routed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, *, eager: bool,
                       **kwargs):
     """The attention function of :func:`attention_for`: cross-attention under an active route folds rows onto
-    their key/value rows; everything else is Hugging Face's eager or SDPA attention, unchanged."""
+    their key/value rows, and any cross-attention goes through :func:`_cross_attention` (which reads frame-minor
+    keys and values in memory order); self-attention is Hugging Face's eager or SDPA attention, unchanged."""
     route = _ROUTE.get()
     cross = getattr(module, "_asrinterp_cross", False)
     if route is not None and not route.identity and cross:
