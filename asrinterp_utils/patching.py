@@ -600,7 +600,7 @@ def encode_clips(lm: Any, audio_list: Sequence[Any], reference: Any = "white_noi
     read from the :mod:`~asrinterp_utils.store` where another run filed them (``use_store=False``: always encode)."""
     clips = list(audio_list)
     reference = _reference_clips(clips, reference)
-    clean, ref = (store.encoded(lm, clips, use_store=use_store), store.encoded(lm, reference, use_store=use_store))
+    clean, ref = store.encoded(lm, clips, use_store=use_store), store.encoded(lm, reference, use_store=use_store)
     return EncodedClips(clean.features, ref.features, clean.states, ref.states, id(lm.model))
 
 

@@ -279,21 +279,19 @@ def cross_attention_kv(model: Any, states: torch.Tensor, *, frame_minor: bool = 
 
     core = whisper_core(model)
     cross = DynamicCache()
-    if not frame_minor:
-        for layer in core.decoder.layers:
-            attn = layer.encoder_attn
-            shape = (states.shape[0], -1, attn.num_heads, attn.head_dim)
+    by_frame = states.transpose(1, 2)  # (n_states, d_model, frames): a view
+    n_states, n_frames = len(states), states.shape[1]
+    for layer in core.decoder.layers:
+        attn = layer.encoder_attn
+        if not frame_minor:
+            shape = (n_states, -1, attn.num_heads, attn.head_dim)
             held = DynamicLayer()
             keys = attn.k_proj(states).view(shape).transpose(1, 2).contiguous()
             values = attn.v_proj(states).view(shape).transpose(1, 2).contiguous()
             held.lazy_initialization(keys, values)
             held.keys, held.values = keys, values  # as computed: DynamicLayer.update would copy them once more
             cross.layers.append(held)
-        return cross
-    by_frame = states.transpose(1, 2)  # (n_states, d_model, frames): a view
-    n_states, n_frames = len(states), states.shape[1]
-    for layer in core.decoder.layers:
-        attn = layer.encoder_attn
+            continue
         projected = []
         for proj in (attn.k_proj, attn.v_proj):
             out = states.new_empty(n_states, proj.out_features, n_frames)  # (n_states, heads * d_head, frames)

@@ -38,10 +38,10 @@ class FlopCounter:
         self.unembed = lm.model.proj_out
         self.project = run.cross_attention_kv
 
-    def _projections(self, model, states):
+    def _projections(self, model, states, **kwargs):
         d_model = states.shape[-1]
         self.flops += 2 * 2 * len(self.core.decoder.layers) * states.shape[0] * states.shape[1] * d_model * d_model
-        return self.project(model, states)
+        return self.project(model, states, **kwargs)
 
     def __enter__(self) -> "FlopCounter":
         run.cross_attention_kv = self._projections
