@@ -22,7 +22,9 @@ or, with ``spans`` (one ``(start_s, end_s)`` per clip, e.g. a word's timestamps)
 ``side="decoder"``: the model decodes its own greedy hypothesis (:func:`asrinterp_utils.store.decoded`: the
 encoder output and the transcript are read from the store where earlier work on the same clip filed them, and
 computed at most once per batch otherwise), then the decoder is teacher-forced on it. Encoder-side extraction
-files each clip's encoder output in the store as it goes.
+files each clip's encoder output in the store as it goes; the mean of ``enc.*.resid_post`` over all real frames
+(``pool="mean"``, no spans, the plain model) is read from the store's :func:`~asrinterp_utils.store.encoder_means`
+where any earlier plain pass of the same model over the same clip filed it, so no encoder runs for those clips.
 The pooled span is the *generated tokens*: the text tokens and the closing ``<|endoftext|>`` (absent only
 when the text was cut at ``max_new_tokens``), so it is never empty, not even for an empty transcript. One
 teacher-forced pass (:func:`asrinterp_utils.run.teacher_force`) runs the prompt and the transcript; the prompt's
@@ -353,6 +355,11 @@ def _pool_batch(lm: Any, audio: Sequence[np.ndarray], names: Sequence[str], *, s
         if spans is not None:
             first, n_frames = _span_frames(spans, n_frames)
         plain = store.storable(lm)  # no patch around this call: the encoder output is the model's own
+        layers = _resid_layers(lm, names)
+        if plain and first is None and pool == "mean" and layers is not None:
+            # the per-layer means the store files from every plain encoder pass (this one's too, when missing)
+            means = store.encoder_means(lm, audio, features=feats, n_frames=n_frames)  # (batch, layers, d_model)
+            return means[:, layers], n_frames, None
         with cache_activations(lm, names, pool=pool, n_frames=n_frames, first_frames=first) as cache:
             states = run.encode_features(lm, feats)
         if plain:  # filed for later decoder-side work on the same clips (lenses, transcripts, extraction)
@@ -383,6 +390,14 @@ def _pool_batch(lm: Any, audio: Sequence[np.ndarray], names: Sequence[str], *, s
             pooled.append(acts.masked_fill(~real, float("-inf")).amax(dim=2))
     features = pooled[0] if isinstance(pool, str) else torch.stack(pooled, dim=1)  # (batch, [n_pools,] n_points, d)
     return features.cpu(), n_generated, new_ids
+
+
+def _resid_layers(lm: Any, names: Sequence[str]) -> Union[list[int], None]:
+    """The encoder layers of ``names`` when every one is an ``enc.{i}.resid_post`` point, else None."""
+    points = [resolve_hook_points(lm, name)[0] for name in names]  # one each, in the order of names
+    if all(p.side == "enc" and p.point == "resid_post" and p.layer is not None for p in points):
+        return [int(p.layer) for p in points]
+    return None
 
 
 def _span_frames(spans: Sequence, n_frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -207,13 +207,16 @@ def encoder_lens(lm: Any, audio_list: Sequence[np.ndarray], references: Sequence
     missing = [i for i, rows in enumerate(per_clip) if not _lens_rows_ok(rows, layers)]
     batches = [missing[i:i + clips_per_batch] for i in range(0, len(missing), clips_per_batch)]
     for batch in tqdm(batches, desc="encoder lens", disable=not progress):
-        feats, _ = lm.features([audio_list[i] for i in batch])
+        feats, n_frames = lm.features([audio_list[i] for i in batch])
         with cache_activations(lm, names, device=None) as cache:
             run.encode_features(lm, feats)
         states = torch.stack([cache[name] for name in names], dim=1)  # (clips, layers, 1500, d_model)
         if plain and n - 1 in layers:  # the encoder output itself, filed for later decoder work on these clips
             store.file_states(lm, [audio_list[i] for i in batch],
                               core.encoder.layer_norm(cache[f"enc.{n - 1}.resid_post"]))
+        if plain and layers == list(range(n)):  # and each layer's mean over the real frames, for probes
+            store.file_means(lm, [audio_list[i] for i in batch],
+                             torch.stack([s[:, :f].float().mean(dim=1) for s, f in zip(states, n_frames.tolist())]))
         states = states.flatten(0, 1)
         if apply_final_norm:
             states = core.encoder.layer_norm(states)

@@ -2,9 +2,12 @@
 
 It holds transcripts (:func:`transcripts`, read by loop mining and chapter 2), the encoder output of every clip a
 model has encoded (:func:`encoded`: the logit lens, the tuned lens, decoder-side extraction and transcripts read it
-instead of running the encoder again; encoder-side extraction files it as a by-product) and the encoder lens's rows
-(:func:`asrinterp_utils.lens.encoder_lens`). Pooled features live in :mod:`asrinterp_utils.extract`'s sharded
-folders, keyed the same way (model, clips, hook points, pooling, settings).
+instead of running the encoder again; encoder-side extraction files it as a by-product), the mean of every encoder
+layer's residual stream over the clip's real frames, filed from the same pass (:func:`encoder_means`: what
+encoder-side extraction of ``enc.*.resid_post`` pools, so a probe over clips that another chapter has already
+encoded runs no encoder) and the encoder lens's rows (:func:`asrinterp_utils.lens.encoder_lens`). Extracted
+features live in :mod:`asrinterp_utils.extract`'s sharded folders, keyed the same way (model, clips, hook points,
+pooling, settings).
 
 A result is filed under a key made of what determines it: the kind of result, the model (name, where its weights
 came from, dtype), the clip's samples (sha256 of its float32 bytes) and the settings. The same clip decoded by the
@@ -17,6 +20,7 @@ nothing to clean up.
 
 >>> decoded = transcripts(lm, clips, max_new_tokens=96)     # computed once, read from the store afterwards
 >>> decoded[0].text, decoded[0].text_ids, decoded[0].hit_limit
+>>> store.encoder_means(lm, clips).shape                  # (batch, encoder layers, d_model), from the same pass
 """
 from __future__ import annotations
 
@@ -30,14 +34,16 @@ import numpy as np
 import torch
 
 from . import run
+from .cache import cache_activations
 from .hooks import active_hook_count, hf_model, whisper_core
 from .runtime import atomic_path, cache_dir, write_text_atomic
 
-__all__ = ["Transcript", "clip_digest", "decoded", "encoded", "file_states", "model_digest", "result_path",
+__all__ = ["Transcript", "clip_digest", "decoded", "encoded", "encoder_means", "file_means", "file_states", "model_digest", "result_path",
            "transcripts", "read_record", "storable", "write_record"]
 
-# Bump when what an encoder-output file holds changes, so that old files are not read as new ones.
+# Bump when what an encoder-output (or encoder-means) file holds changes, so that old files are not read as new ones.
 STATES_FORMAT = 1
+MEANS_FORMAT = 1
 
 
 def clip_digest(clip: np.ndarray) -> str:
@@ -117,10 +123,51 @@ def file_states(lm: Any, clips: Sequence[np.ndarray], states: torch.Tensor, *, r
                 torch.save(row.detach().to("cpu").clone(), tmp)  # clone: save this row, not the batch's storage
 
 
+def _means_path(lm: Any, clip: np.ndarray) -> Path:
+    return result_path("encoder_means", lm, clip, {"points": "enc.*.resid_post", "pool": "mean",
+                                                   "format": MEANS_FORMAT}, suffix=".pt")
+
+
+def _resid_points(lm: Any) -> list[str]:
+    return [f"enc.{i}.resid_post" for i in range(len(whisper_core(lm).encoder.layers))]
+
+
+def _encode_and_file(lm: Any, clips: Sequence[np.ndarray], features: torch.Tensor, n_frames: torch.Tensor,
+                     batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the plain encoder on ``features (n, n_mels, 3000)`` of ``clips`` in batches of ``batch_size``, and file
+    each clip's output and its per-layer residual means. Returns ``states (n, 1500, d_model)`` and ``means (n,
+    encoder layers, d_model)`` float32 on the CPU: every ``enc.{i}.resid_post`` averaged over the clip's
+    ``n_frames`` real frames, as encoder-side extraction pools it."""
+    points = _resid_points(lm)
+    states, means = [], []
+    for start in range(0, len(clips), batch_size):
+        rows = slice(start, start + batch_size)
+        with cache_activations(lm, points, pool="mean", n_frames=n_frames[rows]) as cache:  # one pass per block
+            states.append(run.encode_features(lm, features[rows], batch_size=batch_size))
+        means.append(torch.stack([cache[p] for p in points], dim=1).float().cpu())
+        file_states(lm, clips[rows], states[-1], replace=True)
+        file_means(lm, clips[rows], means[-1])
+    return torch.cat(states), torch.cat(means)
+
+
+def file_means(lm: Any, clips: Sequence[np.ndarray], means: torch.Tensor) -> None:
+    """File the plain model's per-layer residual means ``(batch, encoder layers, d_model)`` of ``clips`` (each
+    ``enc.{i}.resid_post`` averaged over the clip's real frames) for later :func:`encoder_means` calls. The caller
+    vouches that they are the unpatched model's."""
+    n_layers = len(whisper_core(lm).encoder.layers)
+    if len(clips) != len(means) or means.ndim != 3 or means.shape[1] != n_layers:
+        raise ValueError(f"file_means: {len(clips)} clips need means (batch, {n_layers} layers, d_model); got "
+                         f"{tuple(means.shape)}")
+    for clip, row in zip(clips, means):
+        with atomic_path(_means_path(lm, clip)) as tmp:
+            torch.save(row.detach().float().cpu().clone(), tmp)  # clone: this row, not the batch's storage
+
+
 @torch.no_grad()
 def encoded(lm: Any, clips: Sequence[np.ndarray], *, batch_size: int = 16, use_store: bool = True) -> run.Encoded:
     """:func:`asrinterp_utils.run.encode`, reading each clip's encoder output from the store where this model
-    already encoded the same samples (in any chapter, process or build) and filing the others.
+    already encoded the same samples (in any chapter, process or build) and filing the others (with their
+    :func:`encoder_means`, from the same pass).
 
     The store is used only for the plain model: with a hook of this package attached (a ``patch`` or a
     ``cache_activations`` block around the call) or the model in training mode, the encoder runs and nothing is
@@ -134,16 +181,51 @@ def encoded(lm: Any, clips: Sequence[np.ndarray], *, batch_size: int = 16, use_s
     core = whisper_core(lm)
     param = next(core.parameters())
     shape = (int(core.config.max_source_positions), int(core.config.d_model))
-    paths = [_states_path(lm, c) for c in clips]
-    rows: list[torch.Tensor | None] = [_read_states(p, shape) for p in paths]
+    rows: list[torch.Tensor | None] = [_read_states(_states_path(lm, c), shape) for c in clips]
     missing = [i for i, r in enumerate(rows) if r is None]
     if missing:
-        computed = run.encode_features(lm, features[missing], batch_size=batch_size)
-        file_states(lm, [clips[i] for i in missing], computed, replace=True)
+        computed, _ = _encode_and_file(lm, [clips[i] for i in missing], features[missing], n_frames[missing],
+                                       batch_size)
         for i, row in zip(missing, computed):
             rows[i] = row
     states = torch.stack([r.to(device=param.device, dtype=param.dtype) for r in rows])  # type: ignore[union-attr]
     return run.Encoded(features, n_frames, states)
+
+
+@torch.no_grad()
+def encoder_means(lm: Any, clips: Sequence[np.ndarray], *, batch_size: int = 16,
+                  features: torch.Tensor | None = None, n_frames: torch.Tensor | None = None) -> torch.Tensor:
+    """Every encoder layer's residual stream (``enc.{i}.resid_post``) averaged over each clip's real frames,
+    ``(batch, encoder layers, d_model)`` float32 on the CPU: what ``extract_features(lm, clips,
+    "enc.*.resid_post")`` pools. Read from the store where this model has already encoded the same samples (any
+    :func:`encoded` call files them from its pass); the other clips are encoded, and filed, in batches of
+    ``batch_size``. ``features``/``n_frames``: the clips' ``lm.features(clips)`` when the caller has them.
+
+    Only for the plain model: under a hook of this package or in training mode it raises (run the encoder inside
+    your own ``cache_activations`` block instead), since stored means are the unpatched model's.
+    """
+    clips = list(clips)
+    if not storable(lm):
+        raise RuntimeError("encoder_means reads the plain model's stored means, but a hook of this package is "
+                           "attached (or the model is in training mode); pool under your patch with "
+                           "cache_activations(lm, 'enc.*.resid_post', pool='mean', n_frames=...) instead.")
+    if (features is None) != (n_frames is None):
+        raise ValueError("encoder_means: give both features and n_frames (lm.features(clips)), or neither")
+    if features is not None and not len(features) == len(n_frames) == len(clips):
+        raise ValueError(f"encoder_means: {len(clips)} clips but {len(features)} rows of features and "
+                         f"{len(n_frames)} frame counts")
+    n_layers, d_model = len(whisper_core(lm).encoder.layers), int(whisper_core(lm).config.d_model)
+    rows: list[torch.Tensor | None] = [_read_states(_means_path(lm, c), (n_layers, d_model)) for c in clips]
+    missing = [i for i, r in enumerate(rows) if r is None]
+    if missing:
+        if features is None:
+            features, n_frames = lm.features([clips[i] for i in missing])
+        else:
+            features, n_frames = features[missing], n_frames[missing]
+        _, computed = _encode_and_file(lm, [clips[i] for i in missing], features, n_frames, batch_size)
+        for i, row in zip(missing, computed):
+            rows[i] = row
+    return torch.stack([r.float() for r in rows])  # type: ignore[union-attr]
 
 
 # ---------------------------------------------------------------------------------------------------------------

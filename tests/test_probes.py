@@ -110,23 +110,23 @@ def test_C_selection_sees_only_training_rows(monkeypatch):
     features, labels, groups = synthetic(n_layers=2, signal_layer=1)
     features = np.concatenate([features, np.broadcast_to(np.arange(120.0)[:, None, None], (120, 2, 1))], axis=2)
     calls = []
+    search_scores = probes._search_scores
 
-    class SpyGridSearchCV(GridSearchCV):
-        def fit(self, X, y=None, **params):
-            inner = list(self.cv) if isinstance(self.cv, list) else list(self.cv.split(X, y, params["groups"]))
-            calls.append({"rows": X[:, -1].astype(int), "groups": params["groups"], "inner": inner})
-            return super().fit(X, y, **params)
+    def spy(X, labels, train, test, Cs, row_space):
+        calls.append({"rows": X[:, -1].astype(int), "train": train, "test": test})
+        return search_scores(X, labels, train, test, Cs, row_space)
 
-    monkeypatch.setattr(probes, "GridSearchCV", SpyGridSearchCV)
+    monkeypatch.setattr(probes, "_search_scores", spy)
     result = probe_layers(features, labels, groups, n_splits=4, Cs=(0.01, 1.0), n_bootstrap=0)
-    assert len(calls) == 2 * 4   # one search per layer and outer fold
-    for i, call in enumerate(calls):
+    searches = [calls[i:i + 3] for i in range(0, len(calls), 3)]  # three inner splits per search
+    assert len(calls) == 2 * 4 * 3 and all(len({tuple(c["rows"]) for c in s}) == 1 for s in searches)
+    for i, search in enumerate(searches):  # one search per layer and outer fold
         fold = result.splits[i % 4]   # layer by layer, fold by fold
-        np.testing.assert_array_equal(np.sort(call["rows"]), np.sort(fold.train))
-        assert not set(call["rows"]) & set(fold.test)
-        np.testing.assert_array_equal(call["groups"], groups[call["rows"]])
-        for inner_train, inner_test in call["inner"]:
-            assert not set(call["groups"][inner_train]) & set(call["groups"][inner_test])
+        rows = search[0]["rows"]
+        np.testing.assert_array_equal(np.sort(rows), np.sort(fold.train))
+        assert not set(rows) & set(fold.test)
+        for call in search:
+            assert not set(groups[rows[call["train"]]]) & set(groups[rows[call["test"]]])
     assert set(result.chosen_C.ravel()) <= {0.01, 1.0}
 
 
@@ -316,3 +316,40 @@ def test_probe_transfer_carries_a_planted_signal_to_another_domain_and_refuses_u
     assert set(result.per_group.group) == set(groups[60:])
     with pytest.raises(ValueError, match="never occur in training"):
         probes.probe_transfer(features, labels, groups, features[:3], np.array(["x", "y", "z"]))
+
+
+def test_a_probe_fitted_in_the_row_space_equals_one_fitted_on_every_dimension():
+    """The representer theorem: with fewer rows than dimensions the L2-penalised optimum lies in the span of the
+    rows, so fitting on the row-space coordinates gives the same probabilities (to the solver's tolerance)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(3)
+    X, y = rng.normal(size=(60, 200)), rng.integers(0, 3, 60)
+    X[:, 0] += y  # some signal
+    test = rng.normal(size=(25, 200))
+    for C in (0.01, 1.0, 10.0):
+        full = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=probes.MAX_ITER, tol=probes.TOL))
+        rows = make_pipeline(StandardScaler(), probes.RowSpace(),
+                             LogisticRegression(C=C, max_iter=probes.MAX_ITER, tol=probes.TOL))
+        np.testing.assert_allclose(rows.fit(X, y).predict_proba(test), full.fit(X, y).predict_proba(test), atol=1e-4)
+    assert rows[1].components_.shape == (59, 200)  # 60 centred rows span 59 directions
+    np.testing.assert_allclose(rows[1].components_ @ rows[1].components_.T, np.eye(59), atol=1e-8)
+    np.testing.assert_array_equal(probes.RowSpace().fit(X[:, :10]).transform(X[:, :10]), X[:, :10])  # n >= d
+
+
+def test_the_search_for_C_picks_what_GridSearchCV_picks():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    features, labels, groups = synthetic(n_layers=1, signal_layer=0)
+    X = features[:, 0].astype(np.float64)
+    cv = probes._complete_splits(labels, groups, 3, 0)
+    for Cs in [(0.01, 0.1, 1, 10), (10, 1, 0.1, 0.01), (1e-4, 1e-3)]:
+        reference = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(max_iter=probes.MAX_ITER,
+                                                                                    tol=probes.TOL)),
+                                 {probes._C_PARAM: list(Cs)}, cv=cv, scoring="accuracy").fit(X, labels)
+        _, chosen = probes._fit_probe(X, labels, groups, Cs, 3, 0, 1)
+        assert chosen == reference.best_params_[probes._C_PARAM]

@@ -171,3 +171,73 @@ def test_transcripts_use_the_encoder_output_they_are_given(lm, monkeypatch):
     assert torch.equal(decoded.ids, direct.ids)
     with pytest.raises(ValueError, match="2 rows of encoder states for 3 clips"):
         store.transcripts(lm, clips, max_new_tokens=6, states=given.states[:2])
+
+
+def test_encoder_means_are_filed_by_every_plain_pass_and_equal_the_extracted_pool(lm, tmp_path, monkeypatch):
+    from asrinterp_utils.cache import cache_activations
+    from asrinterp_utils.extract import extract_features
+
+    clips = toy_clips(3, seed=10)
+    feats, n_frames = lm.features(clips)
+    with cache_activations(lm, "enc.*.resid_post", pool="mean", n_frames=n_frames) as cache:
+        run.encode_features(lm, feats)
+    direct = torch.stack([cache[f"enc.{i}.resid_post"] for i in range(len(cache))], dim=1).float()
+    store.encoded(lm, clips[:2])  # files the first two clips' means from its pass
+    calls = []
+    encode_features = run.encode_features
+    monkeypatch.setattr(run, "encode_features", lambda m, f, **kw: calls.append(len(f)) or encode_features(m, f, **kw))
+    means = store.encoder_means(lm, clips)
+    assert calls == [1]  # only the third clip ran
+    assert means.shape == direct.shape and torch.allclose(means, direct, atol=1e-5)
+    monkeypatch.setattr(run, "encode_features", _refuse)
+    extracted = extract_features(lm, clips, "enc.*.resid_post", out_dir=tmp_path / "x",
+                                 progress=False).load()  # read from the store: no encoder runs
+    assert torch.allclose(torch.from_numpy(extracted), direct, atol=1e-5)
+
+
+def test_encoder_means_are_never_read_under_a_patch(lm, tmp_path):
+    from asrinterp_utils.extract import extract_features
+    from asrinterp_utils.hooks import patch, zero
+
+    clips = toy_clips(2, seed=11)
+    plain = store.encoder_means(lm, clips)
+    with patch(lm, {"enc.0.resid_post": zero()}):
+        patched = extract_features(lm, clips, "enc.*.resid_post", out_dir=tmp_path / "p", progress=False).load()
+        with pytest.raises(RuntimeError, match="hook of this package is attached"):
+            store.encoder_means(lm, clips)
+    assert torch.all(torch.from_numpy(patched[:, 0]) == 0) and not torch.allclose(torch.from_numpy(patched), plain)
+    assert torch.equal(store.encoder_means(lm, clips), plain)  # the patched pass filed nothing over them
+
+
+def test_stored_means_come_back_in_the_order_the_points_are_named(lm):
+    from asrinterp_utils.cache import cache_activations
+    from asrinterp_utils.extract import pool_batch
+
+    clips = toy_clips(2, seed=12)
+    names = ["enc.1.resid_post", "enc.0.resid_post"]
+    store.encoded(lm, clips)  # files the means
+    pooled, _ = pool_batch(lm, clips, names)
+    feats, n_frames = lm.features(clips)
+    with cache_activations(lm, names, pool="mean", n_frames=n_frames) as cache:
+        run.encode_features(lm, feats)
+    assert torch.allclose(pooled, torch.stack([cache[n] for n in names], dim=1), atol=1e-5)
+
+
+def test_an_encoder_lens_over_every_layer_files_the_means_that_extraction_reads(tmp_path, monkeypatch):
+    from asrinterp_utils import lens
+    from asrinterp_utils.extract import pool_batch
+    from asrinterp_utils.models import load_model
+
+    monkeypatch.setenv("ASRINTERP_CACHE", str(tmp_path))
+    tiny = load_model("tiny.en")
+    clips = toy_clips(2, seed=13)
+    lens.encoder_lens(tiny, clips, layers=[0], max_new_tokens=2, progress=False)  # not every layer: no means
+    assert not any(store._means_path(tiny, c).exists() for c in clips)
+    lens.encoder_lens(tiny, clips, max_new_tokens=2, progress=False)
+    points = [f"enc.{i}.resid_post" for i in range(4)]
+    with monkeypatch.context() as m:
+        m.setattr(run, "encode_features", _refuse)
+        from_lens, _ = pool_batch(tiny, clips, points)
+    for clip in clips:
+        store._means_path(tiny, clip).unlink()
+    assert torch.allclose(from_lens, store.encoder_means(tiny, clips), atol=1e-4)  # recomputed by a plain pass
