@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -44,7 +45,7 @@ import numpy as np
 import torch
 
 from .hooks import (Intervention, _index_list, active_hook_count, hf_model, patch, pattern_hook_sides,
-                    whisper_core)
+                    resolve_hook_points, whisper_core)
 
 __all__ = ["Encoded", "Decoded", "encode", "encode_features", "greedy", "teacher_force", "generate_ids", "transcribe",
            "cross_attention_kv", "attention_for", "attention_mode"]
@@ -457,6 +458,10 @@ def teacher_force(model: Any, states: torch.Tensor, decoder_input_ids: torch.Ten
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
         raise ValueError(f"decoder_input_ids must be token ids in 0..{vocab - 1}; got values from {int(ids.min())} to "
                          f"{int(ids.max())}")
+    beyond = _positions_beyond(model, _normalise(patches), ids.shape[1])
+    if beyond:
+        raise ValueError(f"teacher_force: {'; '.join(beyond)}: these patches would change nothing. Restrict them to "
+                         "positions the run reaches (prompt included, counted from 0), or give more tokens.")
     with attention_mode(model, "dec", kv, len(states)), patch(model, patches or {}):
         cache = _decoder_cache(model, cross_attention_kv(model, states, frame_minor=False))
         hidden = core.decoder(input_ids=ids, encoder_hidden_states=states, cache=cache,
@@ -521,6 +526,32 @@ def _normalise(patches: Mapping[str, Any] | None) -> dict[str, list[Intervention
         ivs = list(ivs) if isinstance(ivs, (list, tuple)) else [ivs]
         plan[name] = [iv if isinstance(iv, Intervention) else replace(iv) for iv in ivs]
     return plan
+
+
+def _positions_beyond(model: Any, plan: dict[str, list[Intervention]], n_decoder: int) -> list[str]:
+    """``"point: positions [...]"`` for every intervention of ``plan`` restricted to positions that a run over
+    ``n_decoder`` decoder positions (and the encoder's frames) never reaches: such a patch would change nothing,
+    silently. Slices count from their start; negative positions count from the end and are always reached."""
+    n_frames = int(whisper_core(model).config.max_source_positions)
+    found = []
+    for name, ivs in plan.items():
+        sides = sorted({p.side for p in resolve_hook_points(model, name)})
+        for iv in ivs:
+            if iv.positions is None:
+                continue
+            if isinstance(iv.positions, slice):
+                start = iv.positions.start
+                wanted = [] if start is None or start < 0 else [int(start)]
+            else:
+                t = torch.as_tensor(iv.positions).flatten()
+                wanted = (torch.nonzero(t).flatten() if t.dtype == torch.bool else t).tolist()
+            for side in sides:
+                n = n_decoder if side == "dec" else n_frames
+                beyond = sorted({int(x) for x in wanted if x >= n})
+                if beyond:
+                    found.append(f"{name}: positions {beyond} (the run has {n} "
+                                 f"{'decoder positions' if side == 'dec' else 'encoder frames'})")
+    return found
 
 
 def _remappable(plan: dict[str, list[Intervention]]) -> bool:
@@ -618,6 +649,12 @@ def greedy(model: Any, states: torch.Tensor, *, max_new_tokens: int = 128,
         if not bool((leader[leader] == leader).all()):
             raise ValueError("follow: a row that others follow must follow itself (no chains)")
     plan = _normalise(patches)
+    # step 0 runs the prompt, step s > 0 the token chosen at step s - 1: the last token is never fed back
+    beyond = _positions_beyond(model, plan, len(prompt) + int(max_new_tokens) - 1)
+    if beyond:
+        raise ValueError(f"greedy: {'; '.join(beyond)} with max_new_tokens={max_new_tokens}: these patches can never "
+                         "apply. Restrict them to earlier positions (prompt included, counted from 0), or raise "
+                         "max_new_tokens.")
     compact = compact and active_hook_count(model) == 0 and _remappable(plan)
     proj_out = hf_model(model).proj_out
     suppress_first, suppress_always = torch.nonzero(at_start).squeeze(1), torch.nonzero(always).squeeze(1)
@@ -683,6 +720,10 @@ def greedy(model: Any, states: torch.Tensor, *, max_new_tokens: int = 128,
                 step_input = next_ids[:, None].to(device)
     finally:
         stack.close()
+    unreached = _positions_beyond(model, plan, len(prompt) + n_steps - 1)
+    if unreached:
+        warnings.warn(f"greedy: {'; '.join(unreached)}: every row ended after {n_steps} tokens, before these "
+                      "positions, so those patches never applied.", stacklevel=2)
     ids = torch.cat([torch.tensor([prompt] * n_rows), out[:, :n_steps]], dim=1)
     text_ids = [row[:row.index(end_of_text)] if end_of_text in row else row for row in out[:, :n_steps].tolist()]
     hit_limit = [len(row) == n_steps == max_new_tokens for row in text_ids]

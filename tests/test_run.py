@@ -226,3 +226,38 @@ def test_frame_minor_cross_attention_equals_fused_attention(tokens):
     assert weights.shape == (3, 4, tokens, 50) and torch.allclose(weights.sum(-1), torch.ones(3, 4, tokens))
     contiguous, no_weights = run._cross_attention(query, key, value, 0.5, eager=False)  # the fused kernel
     assert torch.allclose(contiguous, fused) and no_weights is None
+
+
+def test_greedy_refuses_positions_past_its_limit_and_warns_of_positions_no_row_reached():
+    import warnings
+
+    from asrinterp_utils.hooks import zero
+
+    lm = toy_loaded_model()
+    states = run.encode(lm, toy_clips(2, seed=1)).states  # on the toy model both rows end after 12 tokens of 30
+    plain = run.greedy(lm, states, max_new_tokens=30)
+    n_fed = plain.ids.shape[1] - 1  # positions run through the decoder: the prompt and every token but the last
+    assert n_fed < len(lm.prompt_ids()) + 30 - 1
+    with pytest.warns(UserWarning, match=rf"dec.0.mlp_out: positions \[{n_fed}\].*ended after"):
+        again = run.greedy(lm, states, max_new_tokens=30, patches={"dec.0.mlp_out": zero(positions=[n_fed])})
+    assert torch.equal(again.ids, plain.ids)  # it never applied
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the last position fed is reached: no warning
+        run.greedy(lm, states, max_new_tokens=30, patches={"dec.0.mlp_out": zero(positions=[n_fed - 1])})
+    limit = len(lm.prompt_ids()) + 30 - 1
+    with pytest.raises(ValueError, match=rf"positions \[{limit}\].*can never apply"):
+        run.greedy(lm, states, max_new_tokens=30, patches={"dec.0.mlp_out": zero(positions=[limit - 1, limit])})
+
+
+def test_teacher_force_refuses_patches_at_positions_past_its_tokens():
+    from asrinterp_utils.hooks import zero
+
+    lm = toy_loaded_model()
+    states = run.encode(lm, toy_clips(2, seed=3)).states
+    ids = run.greedy(lm, states, max_new_tokens=4).ids
+    last = ids.shape[1] - 1
+    patched = run.teacher_force(lm, states, ids, patches={"dec.0.mlp_out": zero(positions=[last])})
+    assert not torch.allclose(patched[:, last], run.teacher_force(lm, states, ids)[:, last])
+    with pytest.raises(ValueError, match=rf"positions \[{last + 1}\].*change nothing"):
+        run.teacher_force(lm, states, ids, patches={"dec.0.mlp_out": zero(positions=[last + 1])})
+    run.teacher_force(lm, states, ids, patches={"dec.0.mlp_out": zero(positions=[-1])})  # from the end: reached
