@@ -8,12 +8,14 @@ The package behind the executable book "Beyond Transcription, executed". One mod
 ``run``         the one place Whisper runs: encode, greedy decoding (patched or not), teacher forcing
 ``hooks``       the hook-point grammar (``enc.3.resid_post``, ``dec.1.cross_head_out``) and :func:`patch`
 ``cache``       :func:`cache_activations`: filtered, pooled over real frames, in memory or on disk
+``store``       per-clip results computed once: transcripts, encoder outputs and their per-layer means, lens rows
 ``patching``    batched patch sweeps, patched generation beside a reference run, attribution patching
 ``repetition``  repetition loops: candidate inputs, mining, how a patch resolves them
 ``lens``        logit lens, saturation layer, encoder lens, tuned lens
 ``audio_llm``   the same lenses on Qwen2-Audio (audio tower + language model)
 ``metrics``     normalised WER, repetition loops, transcript kinds
 ``probes``      per-layer linear probes grouped by speaker, with controls and transfer (scikit-learn)
+``stats``       intervals (Wilson, grouped bootstrap), paired tests, selection stability, verdicts (scipy)
 ``extract``     pooled features for many clips or a bank table: sharded on disk, resumable, multi-process
 ``attention``   reading attention patterns (alignment heads)
 ``data``        the speech bank (real recordings, TTS voices, noise; truncated and non-speech inputs)

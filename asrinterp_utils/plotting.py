@@ -163,3 +163,45 @@ def patch_heatmap(values, *, row_label: str = "layer", col_label: str = "compone
     if title:
         ax.set_title(title)
     return ax
+
+
+def forest(table, *, ax=None, label: str = "claim", group: str = "model", value: str = "value", low: str = "low",
+           high: str = "high", reported: str | None = "reported", null: float | None = 0.0, xlabel: str = "effect",
+           title: str | None = None):
+    """A forest plot: one row per ``label`` (a claim), one marker per ``group`` (a model) at ``value`` with a line
+    from ``low`` to ``high`` (its interval), the paper's ``reported`` value (where the table has one) as a red
+    cross, and the ``null`` as a dashed vertical line. ``table`` is long: one row per claim and model.
+    Returns the matplotlib Axes."""
+    import pandas as pd
+
+    frame = pd.DataFrame(table)
+    missing = [c for c in (label, group, value, low, high) if c not in frame.columns]
+    if missing:
+        raise ValueError(f"forest: the table has no column {missing}; it has {list(frame.columns)}")
+    claims = list(dict.fromkeys(frame[label]))
+    groups = list(dict.fromkeys(frame[group]))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7.5, 0.55 * len(claims) * max(1, len(groups)) ** 0.5 + 1.4))
+    colours = dict(zip(groups, sns.color_palette("colorblind", len(groups))))
+    offsets = np.linspace(-0.22, 0.22, len(groups)) if len(groups) > 1 else [0.0]
+    for offset, g in zip(offsets, groups):
+        rows = frame[frame[group] == g]
+        y = np.array([claims.index(c) for c in rows[label]]) + offset
+        ax.errorbar(rows[value], y, xerr=[rows[value] - rows[low], rows[high] - rows[value]], fmt="o", ms=5,
+                    capsize=3, color=colours[g], label=str(g))
+    if reported is not None and reported in frame.columns:
+        shown = frame.dropna(subset=[reported]).drop_duplicates(label)
+        if len(shown):
+            ax.scatter(shown[reported], [claims.index(c) for c in shown[label]], marker="x", color="tab:red", s=60,
+                       zorder=3, label="reported by the paper")
+    if null is not None:
+        ax.axvline(null, color="grey", ls="--", lw=1)
+    ax.set_yticks(range(len(claims)))
+    ax.set_yticklabels([_short(str(c), 48) for c in claims])
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("")
+    ax.legend(fontsize=8, loc="best")
+    if title:
+        ax.set_title(title)
+    return ax

@@ -71,3 +71,23 @@ def test_text_explorer_and_lens_heatmap(toy, toy_inputs):
     assert ax.get_ylabel() == "lens layer" and "top-1" in ax.get_xlabel()
     assert [t.get_text() for t in ax.get_yticklabels()][0] == "output"
     assert len(ax.texts) == 3 * 7  # one annotation per cell
+
+
+def test_forest_plot_draws_each_claim_model_and_reported_value():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+    import pytest
+
+    from asrinterp_utils import plotting
+
+    table = pd.DataFrame({"claim": ["loops resolved", "loops resolved", "bias flipped"],
+                          "model": ["tiny.en", "base", "tiny.en"], "value": [0.5, 0.4, 0.1],
+                          "low": [0.3, 0.2, -0.1], "high": [0.7, 0.6, 0.3], "reported": [0.8, 0.8, None]})
+    ax = plotting.forest(table, xlabel="share of loops resolved")
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["loops resolved", "bias flipped"]
+    assert ax.get_xlabel() == "share of loops resolved"
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == {"tiny.en", "base", "reported by the paper"}
+    with pytest.raises(ValueError, match="no column"):
+        plotting.forest(table.drop(columns=["low"]))

@@ -1,0 +1,193 @@
+"""Intervals, paired tests and verdicts for the book's claims; scipy and numpy do the mathematics.
+
+Every headline number in the book carries an interval, chosen by what the number is:
+
+- a proportion (loops resolved, a hallucination rate, agreement): Wilson's score interval, :func:`proportion`
+  (``scipy.stats.binomtest``); it stays inside [0, 1] and is not empty at 0 of n or n of n;
+- a mean over clips (WER, accuracy, KL, a logit difference): a percentile bootstrap, :func:`bootstrap_mean`, that
+  resamples clips, or whole groups (speakers, voices, source clips) when clips of one group are not independent;
+- two conditions measured on the same items (a patch against no patch, a model against its control): the paired
+  difference, :func:`paired_difference`, and for two yes/no outcomes McNemar's exact test on the discordant
+  pairs, :func:`mcnemar`;
+- how stable a choice is (which head, layer or component is best): the share of bootstrap resamples in which each
+  candidate wins, :func:`selection_stability`;
+- a verdict that respects the interval, :func:`verdict`: "supported" only when the interval excludes the null.
+
+>>> print(proportion(6, 7))
+0.86 [0.49, 0.97] (6 of 7, wilson)
+>>> verdict(proportion(6, 7), null=0.5)
+'supported'
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats as _scipy_stats
+
+__all__ = ["Estimate", "McNemar", "proportion", "bootstrap_mean", "paired_difference", "mcnemar",
+           "selection_stability", "verdict", "VERDICTS", "CONFIDENCE", "N_RESAMPLES"]
+
+CONFIDENCE = 0.95
+"""The confidence level of every interval in the book."""
+
+N_RESAMPLES = 2000
+"""Bootstrap resamples: enough that the 2.5 % and 97.5 % percentiles move by well under the interval's width when
+the seed changes."""
+
+VERDICTS = ("supported", "inconclusive", "not supported")
+"""What :func:`verdict` can say, strongest first."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A number with its interval: ``value`` in [``low``, ``high``] at ``confidence``, from ``n`` items (clips or
+    groups, as ``method`` says); ``successes`` for a proportion (``value = successes / n``)."""
+
+    value: float
+    low: float
+    high: float
+    n: int
+    method: str
+    confidence: float = CONFIDENCE
+    successes: int | None = None
+
+    def excludes(self, x: float) -> bool:
+        """Whether ``x`` lies outside the interval."""
+        return not self.low <= x <= self.high
+
+    def __str__(self) -> str:
+        counted = f"{self.successes} of {self.n}, " if self.successes is not None else ""
+        return f"{self.value:.2f} [{self.low:.2f}, {self.high:.2f}] ({counted}{self.method})"
+
+
+def proportion(successes: int, n: int, *, confidence: float = CONFIDENCE) -> Estimate:
+    """``successes`` of ``n`` with Wilson's score interval (``scipy.stats.binomtest(...).proportion_ci``)."""
+    successes, n = int(successes), int(n)
+    if n < 1:
+        raise ValueError(f"proportion: n must be at least 1 (no items, no proportion); got {n}")
+    if not 0 <= successes <= n:
+        raise ValueError(f"proportion: successes must be in 0..n={n}; got {successes}")
+    ci = _scipy_stats.binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return Estimate(successes / n, float(ci.low), float(ci.high), n, "wilson", confidence, successes)
+
+
+def _values_and_groups(values: Any, groups: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(values, dtype=np.float64).ravel()
+    if x.size == 0:
+        raise ValueError(f"{what}: no values given")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{what}: values must be finite; {int((~np.isfinite(x)).sum())} of {x.size} are not "
+                         "(drop or impute them first, and say so)")
+    if groups is None:
+        return x, np.arange(x.size)
+    g = np.asarray(groups).ravel()
+    if g.size != x.size:
+        raise ValueError(f"{what}: groups has {g.size} entries for {x.size} values (one group per value)")
+    return x, np.unique(g, return_inverse=True)[1]
+
+
+def bootstrap_mean(values: Any, *, groups: Any = None, n_resamples: int = N_RESAMPLES,
+                   confidence: float = CONFIDENCE, seed: int = 0) -> Estimate:
+    """The mean of ``values`` ``(n,)`` with a percentile bootstrap interval.
+
+    With ``groups`` (one label per value: a speaker, a voice, a source clip) whole groups are resampled with
+    replacement and the mean is taken over the values they bring (clips of one speaker are not independent, so
+    resampling clips would give too narrow an interval); without, single values are. ``n`` of the result counts the
+    units resampled. A constant gives a zero-width interval at the constant.
+    """
+    x, g = _values_and_groups(values, groups, "bootstrap_mean")
+    if int(n_resamples) < 1:
+        raise ValueError(f"bootstrap_mean: n_resamples must be at least 1; got {n_resamples}")
+    n_groups = int(g.max()) + 1
+    sums, sizes = np.bincount(g, weights=x, minlength=n_groups), np.bincount(g, minlength=n_groups)
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=int(n_resamples))  # (resamples, groups)
+    means = (draws @ sums) / (draws @ sizes)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    method = "bootstrap over groups" if groups is not None else "bootstrap over items"
+    return Estimate(float(x.mean()), float(min(low, x.mean())), float(max(high, x.mean())), n_groups, method,
+                    confidence)
+
+
+def paired_difference(a: Any, b: Any, *, groups: Any = None, n_resamples: int = N_RESAMPLES,
+                      confidence: float = CONFIDENCE, seed: int = 0) -> Estimate:
+    """The mean of ``a - b`` over items measured under both conditions (``a``, ``b``: ``(n,)``, item ``i`` in the
+    same place in both), with the interval of :func:`bootstrap_mean` (items, or their ``groups``, resampled
+    together, so that what the two conditions share cancels)."""
+    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"paired_difference: a has {a.size} items and b {b.size}; a paired comparison needs the "
+                         "same items in both, in the same order")
+    return bootstrap_mean(a - b, groups=groups, n_resamples=n_resamples, confidence=confidence, seed=seed)
+
+
+@dataclass(frozen=True)
+class McNemar:
+    """McNemar's exact test of two yes/no outcomes on the same items: ``only_first`` items were yes under the first
+    condition only, ``only_second`` under the second only; ``p_value`` (two-sided, exact binomial on the
+    discordant pairs)."""
+
+    only_first: int
+    only_second: int
+    p_value: float
+
+
+def mcnemar(first: Any, second: Any) -> McNemar:
+    """McNemar's exact test: did the share of yes change between two conditions measured on the same items?
+    ``first``, ``second``: ``(n,)`` booleans (e.g. loop resolved without and with a patch)."""
+    x, y = np.asarray(first, dtype=bool).ravel(), np.asarray(second, dtype=bool).ravel()
+    if x.shape != y.shape or x.size == 0:
+        raise ValueError(f"mcnemar: first ({x.size}) and second ({y.size}) must be the same, non-empty items")
+    only_first, only_second = int((x & ~y).sum()), int((~x & y).sum())
+    discordant = only_first + only_second
+    p = 1.0 if discordant == 0 else float(_scipy_stats.binomtest(only_first, discordant, 0.5).pvalue)
+    return McNemar(only_first, only_second, p)
+
+
+def selection_stability(scores: Any, *, groups: Any = None, n_resamples: int = N_RESAMPLES, seed: int = 0,
+                        higher_is_better: bool = True) -> pd.Series:
+    """How often each candidate is the best under resampling: ``scores`` is ``(items, candidates)`` (a DataFrame
+    names the candidates by its columns), the best candidate has the highest mean score over the items (lowest with
+    ``higher_is_better=False``); items, or their ``groups``, are resampled with replacement. Returns the share of
+    resamples each candidate wins, largest first (ties go to the first candidate)."""
+    names = list(scores.columns) if isinstance(scores, pd.DataFrame) else None
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 2 or s.shape[0] == 0 or s.shape[1] == 0:
+        raise ValueError(f"selection_stability: scores must be (items, candidates); got shape {s.shape}")
+    if not np.isfinite(s).all():
+        raise ValueError("selection_stability: scores must be finite")
+    _, g = _values_and_groups(s[:, 0], groups, "selection_stability")
+    n_groups = int(g.max()) + 1
+    sums = np.stack([np.bincount(g, weights=column, minlength=n_groups) for column in s.T], axis=1)  # (groups, cand.)
+    sizes = np.bincount(g, minlength=n_groups)
+    draws = np.random.default_rng(seed).multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=int(n_resamples))
+    means = (draws @ sums) / (draws @ sizes)[:, None]                                              # (resamples, cand.)
+    winners = (means if higher_is_better else -means).argmax(axis=1)
+    share = np.bincount(winners, minlength=s.shape[1]) / len(winners)
+    return pd.Series(share, index=names if names is not None else range(s.shape[1]),
+                     name="share of resamples won").sort_values(ascending=False, kind="stable")
+
+
+def verdict(estimate: Estimate, *, null: float = 0.0, reported: float | None = None, direction: int = 1) -> str:
+    """What an estimate says about a claimed effect, respecting its interval.
+
+    ``"supported"``: the interval lies wholly on the claimed side of ``null`` (above it for ``direction=1``, below
+    for ``-1``). ``"inconclusive"``: it does not, but it still includes the ``reported`` effect (or no effect was
+    reported): these data cannot tell. ``"not supported"``: it excludes the reported effect without clearing the
+    null, or it lies wholly on the other side of the null.
+    """
+    if direction not in (1, -1):
+        raise ValueError(f"verdict: direction must be 1 (the claim is an increase) or -1 (a decrease); got {direction}")
+    low, high = (estimate.low, estimate.high) if direction == 1 else (-estimate.high, -estimate.low)
+    null_ = null * direction
+    if low > null_:
+        return "supported"
+    if high < null_:
+        return "not supported"
+    if reported is None or not estimate.excludes(reported):
+        return "inconclusive"
+    return "not supported"
