@@ -143,3 +143,35 @@ def target_word_outcome(transcript: str, spoken: str, expected: str) -> str:
     predicts is, else ``other``. ``spoken`` and ``expected`` are single normalised words."""
     words = normalize_text(transcript).split()
     return "spoken" if spoken in words else "expected" if expected in words else "other"
+
+
+@dataclass(frozen=True)
+class NonSpeechTranscripts:
+    """What a model wrote for clips with no speech in them (every non-empty transcript is a hallucination):
+    ``n`` clips, the share that got any transcript, the most common transcript (lower-cased, stripped) and its
+    count, and the share that are sentences of ``min_words`` words or more."""
+
+    n: int
+    share_written: float
+    most_common: str
+    most_common_count: int
+    share_sentences: float
+    min_words: int
+
+
+def nonspeech_transcripts(transcripts: Sequence[str], *, min_words: int = 4) -> NonSpeechTranscripts:
+    """Summarise the transcripts of non-speech clips (noise, music, silence): :class:`NonSpeechTranscripts`.
+
+    >>> s = nonspeech_transcripts(["", " Thank you.", "thank you.", "I'm going to go to the store."])
+    >>> s.share_written, s.most_common, s.most_common_count, s.share_sentences
+    (0.75, 'thank you.', 2, 0.25)
+    """
+    texts = [str(t).strip() for t in transcripts]
+    if not texts:
+        raise ValueError("nonspeech_transcripts: no transcripts given")
+    lowered = [t.lower() for t in texts]
+    most_common = max(dict.fromkeys(lowered), key=lowered.count)  # ties: the first one met
+    words = [len(normalize_text(t).split()) for t in texts]
+    return NonSpeechTranscripts(n=len(texts), share_written=sum(t != "" for t in texts) / len(texts),
+                                most_common=most_common, most_common_count=lowered.count(most_common),
+                                share_sentences=sum(w >= min_words for w in words) / len(texts), min_words=min_words)

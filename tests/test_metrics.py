@@ -1,4 +1,6 @@
 """Normalised WER: formatting differences are not errors, word differences are."""
+import pytest
+
 from asrinterp_utils.metrics import clip_wers, normalize_text, target_word_outcome, word_error_rate
 
 
@@ -22,3 +24,14 @@ def test_target_word_outcome_prefers_the_spoken_word_and_normalises():
     assert target_word_outcome("a boat, not a ship", "boat", "ship") == "spoken"
     assert target_word_outcome("the vessel sailed", "boat", "ship") == "other"
     assert target_word_outcome("boats", "boat", "ship") == "other"      # whole words only
+
+
+def test_nonspeech_transcripts_counts_what_was_written():
+    from asrinterp_utils.metrics import nonspeech_transcripts
+
+    s = nonspeech_transcripts(["", " Thank you.", "thank you.", "I'm going to go to the store.", "  "])
+    assert (s.n, s.share_written, s.most_common, s.most_common_count) == (5, 0.6, "", 2)
+    assert s.share_sentences == 0.2 and s.min_words == 4
+    assert nonspeech_transcripts(["a b c", "a b c d"], min_words=3).share_sentences == 1.0
+    with pytest.raises(ValueError, match="no transcripts"):
+        nonspeech_transcripts([])
