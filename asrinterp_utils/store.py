@@ -20,7 +20,7 @@ nothing to clean up.
 
 >>> decoded = transcripts(lm, clips, max_new_tokens=96)     # computed once, read from the store afterwards
 >>> decoded[0].text, decoded[0].text_ids, decoded[0].hit_limit
->>> store.encoder_means(lm, clips).shape                  # (batch, encoder layers, d_model), from the same pass
+>>> encoder_means(lm, clips).shape                        # (batch, encoder layers, d_model), filed by every pass
 """
 from __future__ import annotations
 
@@ -38,8 +38,8 @@ from .cache import cache_activations
 from .hooks import active_hook_count, hf_model, whisper_core
 from .runtime import atomic_path, cache_dir, write_text_atomic
 
-__all__ = ["Transcript", "clip_digest", "decoded", "encoded", "encoder_means", "file_means", "file_states", "model_digest", "result_path",
-           "transcripts", "read_record", "storable", "write_record"]
+__all__ = ["Transcript", "clip_digest", "decoded", "encoded", "encoder_means", "file_means", "file_states",
+           "model_digest", "result_path", "transcripts", "read_record", "storable", "write_record"]
 
 # Bump when what an encoder-output (or encoder-means) file holds changes, so that old files are not read as new ones.
 STATES_FORMAT = 1
