@@ -511,6 +511,8 @@ def extract_features(lm: Any, clips: Any, names: Any, *, out_dir: PathLike, pool
               "n_clips": n, "max_new_tokens": int(max_new_tokens) if side == "decoder" else None,
               "clips": _clips_fingerprint(clips, n, clip_ids), **_model_fingerprint(lm)}
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"out_dir {str(out_dir)!r} is a file; give a folder (new, or one this extraction made)")
     config_hash = _claim_folder(out_dir, config)
 
     mine = plan_shards(n, shard_size)[process_index::num_processes]

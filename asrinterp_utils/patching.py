@@ -360,7 +360,7 @@ def run_sweep(model: Any, input_features: torch.Tensor, decoder_input_ids: torch
     batch = feats.shape[0]
     values = torch.empty(len(targets), batch)
     if method == "naive":
-        baseline = metric(hf(feats, decoder_input_ids=ids).logits, ids).cpu()
+        baseline = _check_metric(metric(hf(feats, decoder_input_ids=ids).logits, ids), batch)
         for i, target in enumerate(_progress(targets, progress, "naive sweep")):
             with patch(model, dict(target.interventions)):
                 values[i] = metric(hf(feats, decoder_input_ids=ids).logits, ids).cpu()
@@ -373,7 +373,7 @@ def run_sweep(model: Any, input_features: torch.Tensor, decoder_input_ids: torch
     if all(side == {"enc"} for side in sides) and targets:
         return _encoder_sweep(model, feats, ids, targets, metric, batch_size, progress)
     encoder_out = run.encode_features(model, feats)  # decoder-only targets: once for every target
-    baseline = metric(run.teacher_force(model, encoder_out, ids), ids).cpu()
+    baseline = _check_metric(metric(run.teacher_force(model, encoder_out, ids), ids), batch)
     chunks = [targets[i:i + batch_size] for i in range(0, len(targets), batch_size)]
     for c, chunk in enumerate(_progress(chunks, progress, "batched sweep")):
         k = len(chunk)
@@ -388,6 +388,15 @@ def run_sweep(model: Any, input_features: torch.Tensor, decoder_input_ids: torch
         start = c * batch_size
         values[start:start + k] = metric(logits, stacked_ids).view(k, batch).cpu()
     return SweepResult([t.label for t in targets], values, baseline)
+
+
+def _check_metric(value: Any, batch: int) -> torch.Tensor:
+    """The metric's value on the unpatched run, checked: one number per clip, ``(batch,)``."""
+    if not isinstance(value, torch.Tensor) or tuple(value.shape) != (batch,):
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"metric(logits, ids) must give one number per clip, shape ({batch},); it gave {shape}. "
+                         "Reduce over positions inside the metric, not over clips (see token_logprob).")
+    return value.cpu()
 
 
 def _first_encoder_layer(model: Any, target: PatchTarget) -> int:
@@ -410,7 +419,7 @@ def _encoder_sweep(model: Any, feats: torch.Tensor, ids: torch.Tensor, targets: 
     last = len(encoder.layers) - 1
     with cache_activations(model, ["enc.*.resid_pre", f"enc.{last}.resid_post"]) as prefix:
         clean_out = run.encode_features(model, feats)
-    baseline = metric(run.teacher_force(model, clean_out, ids), ids).cpu()
+    baseline = _check_metric(metric(run.teacher_force(model, clean_out, ids), ids), feats.shape[0])
     batch = feats.shape[0]
     values = torch.empty(len(targets), batch)
     first = [_first_encoder_layer(model, t) for t in targets]

@@ -236,6 +236,9 @@ def encode_features(model: Any, features: torch.Tensor, *, patches: Mapping[str,
                          f"lm.features(clips) gives them; got {shape}")
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if not bool(torch.isfinite(features).all()):
+        raise ValueError(f"features hold {int((~torch.isfinite(features)).sum())} non-finite values (NaN or inf); "
+                         "compute them with lm.features(clips), which checks the audio.")
     features = features.to(device=param.device, dtype=param.dtype)
     if active_hook_count(model) or any(_tied_to_rows(ivs) for ivs in (patches or {}).values()):
         batch_size = max(1, len(features))  # a cache outside stitches calls by position; row-tied patches need rows
@@ -415,6 +418,9 @@ def _check_states(model: Any, states: torch.Tensor, kv_rows: torch.Tensor | None
     if not isinstance(states, torch.Tensor) or states.ndim != 3 or states.shape[-1] != d_model:
         shape = tuple(states.shape) if isinstance(states, torch.Tensor) else type(states).__name__
         raise ValueError(f"states must be the encoder output (n_states, frames, {d_model}); got {shape}.")
+    if not bool(torch.isfinite(states).all()):  # NaN would decode to tokens all the same, silently
+        raise ValueError(f"states hold {int((~torch.isfinite(states)).sum())} non-finite values (NaN or inf); the "
+                         "encoder output of real audio is finite: check the features or the patch that made them.")
     if kv_rows is None:
         return torch.arange(len(states))
     kv_rows = torch.as_tensor(kv_rows, dtype=torch.long).cpu().flatten()
@@ -449,6 +455,8 @@ def teacher_force(model: Any, states: torch.Tensor, decoder_input_ids: torch.Ten
     states = states.to(device=param.device, dtype=param.dtype)
     ids = torch.as_tensor(decoder_input_ids).to(param.device)
     kv = _check_states(model, states, kv_rows, "row of decoder_input_ids")
+    if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+        raise ValueError(f"decoder_input_ids must be integer token ids (torch.long); got dtype {ids.dtype}")
     if ids.ndim != 2 or len(ids) != len(kv):
         raise ValueError(f"decoder_input_ids must be (rows, tokens) with one row per kv_rows entry ({len(kv)}); got "
                          f"{tuple(ids.shape)}")

@@ -122,6 +122,14 @@ CASES = [
      ValueError, "500 tokens.*64 positions"),
     ("teacher_force: token id past the vocabulary", lambda: run.teacher_force(LM, STATES, torch.full((2, 4), 99)),
      ValueError, "0..7"),
+    ("teacher_force: float token ids", lambda: run.teacher_force(LM, STATES, IDS.float()), ValueError,
+     "decoder_input_ids must be integer token ids"),
+    ("teacher_force: NaN encoder states", lambda: run.teacher_force(LM, STATES * float("nan"), IDS), ValueError,
+     "states hold .* non-finite"),
+    ("greedy: NaN encoder states", lambda: run.greedy(LM, STATES * float("nan"), max_new_tokens=3), ValueError,
+     "states hold .* non-finite"),
+    ("encode: NaN features", lambda: run.encode_features(LM, FEATS * float("nan")), ValueError,
+     "features hold .* non-finite.*lm.features"),
     ("teacher_force: a patch at a position past the tokens",
      lambda: run.teacher_force(LM, STATES, IDS, patches={"dec.1.mlp_out": hooks.zero(positions=[2, 50])}), ValueError,
      r"dec.1.mlp_out: positions \[50\] \(the run has 4 decoder positions\).*change nothing"),
@@ -175,6 +183,12 @@ CASES = [
      "decoder_input_ids"),
     ("patching: unknown method", lambda: patching.run_sweep(LM, FEATS, IDS, [], METRIC, method="fast"), ValueError,
      "'fast'"),
+    ("patching: a metric that reduces over clips", lambda: patching.run_sweep(
+        LM, FEATS, IDS, patching.component_targets(LM, "dec.*.mlp_out"), lambda logits, ids: logits.sum()),
+     ValueError, r"one number per clip, shape \(2,\); it gave \(\)"),
+    ("patching: an encoder sweep's metric that reduces over clips", lambda: patching.run_sweep(
+        LM, FEATS, IDS, patching.component_targets(LM, "enc.*.mlp_out"), lambda logits, ids: logits.sum()),
+     ValueError, r"one number per clip"),
     ("patching: logit_diff position past the tokens", lambda: patching.logit_diff(10, 1, 2)(torch.zeros(2, 4, 8),
                                                                                           IDS), ValueError,
      "position must be in 0..3"),
@@ -200,6 +214,8 @@ CASES = [
     # extraction
     ("extract: a decoder point on the encoder side", lambda: extract.extract_features(
         LM, CLIPS, "dec.0.mlp_out", out_dir=TMP / "a", side="encoder"), ValueError, r"not encoder points"),
+    ("extract: out_dir is a file", lambda: extract.extract_features(LM, CLIPS, "enc.0.mlp_out", out_dir=__file__,
+                                                                     progress=False), ValueError, "is a file"),
     ("extract: unknown side", lambda: extract.extract_features(LM, CLIPS, "enc.0.mlp_out", out_dir=TMP / "b",
                                                                side="middle"), ValueError, "'middle'"),
     ("extract: unknown pool", lambda: extract.extract_features(LM, CLIPS, "enc.0.mlp_out", out_dir=TMP / "c",
