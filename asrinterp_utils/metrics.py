@@ -42,6 +42,9 @@ def word_error_rate(references: Sequence[str] | str, hypotheses: Sequence[str] |
 
     refs = [references] if isinstance(references, str) else list(references)
     hyps = [hypotheses] if isinstance(hypotheses, str) else list(hypotheses)
+    if len(refs) != len(hyps) or not refs:
+        raise ValueError(f"word_error_rate: {len(refs)} references but {len(hyps)} hypotheses; give one hypothesis "
+                         "per reference, in the same order (and at least one)")
     refs = [normalize_text(r) or "<empty>" for r in refs]
     hyps = [normalize_text(h) for h in hyps]
     return float(jiwer.wer(refs, hyps))

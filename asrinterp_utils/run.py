@@ -423,7 +423,11 @@ def _check_states(model: Any, states: torch.Tensor, kv_rows: torch.Tensor | None
                          "encoder output of real audio is finite: check the features or the patch that made them.")
     if kv_rows is None:
         return torch.arange(len(states))
-    kv_rows = torch.as_tensor(kv_rows, dtype=torch.long).cpu().flatten()
+    given = torch.as_tensor(kv_rows)
+    if given.dtype.is_floating_point or given.dtype == torch.bool:
+        raise ValueError(f"kv_rows must be integer row indices into states, one per {n_rows_name}; got dtype "
+                         f"{given.dtype}")
+    kv_rows = given.to(dtype=torch.long).cpu().flatten()
     if len(kv_rows) == 0 or int(kv_rows.min()) < 0 or int(kv_rows.max()) >= len(states):
         raise ValueError(f"kv_rows must index the {len(states)} rows of states (0..{len(states) - 1}), one per "
                          f"{n_rows_name}; got values {kv_rows.unique().tolist()[:8]}")

@@ -111,6 +111,8 @@ CASES = [
      "max_new_tokens.*64 positions"),
     ("greedy: kv_rows out of range", lambda: run.greedy(LM, STATES, kv_rows=[0, 5], max_new_tokens=4), ValueError,
      "kv_rows"),
+    ("greedy: kv_rows that are not integers", lambda: run.greedy(LM, STATES, kv_rows=[0.5, 1.2], max_new_tokens=3),
+     ValueError, "kv_rows must be integer row indices"),
     ("greedy: follow of the wrong length", lambda: run.greedy(LM, STATES, follow=[0], max_new_tokens=4), ValueError,
      "follow"),
     ("greedy: follow chains", lambda: run.greedy(LM, STATES, kv_rows=[0, 1, 1], follow=[0, 0, 1], max_new_tokens=4),
@@ -249,6 +251,8 @@ CASES = [
         "asrinterp_utils.data.online").data.online.accented_english(spec={"columns": {"speeker": "spk"}}),
      ValueError, r"\['speeker'\].*'speaker'"),
     # metrics
+    ("metrics: corpus WER of lists of different lengths", lambda: metrics.word_error_rate(["a b"], ["a", "b"]),
+     ValueError, "1 references but 2 hypotheses"),
     ("metrics: WER of more hypotheses than references", lambda: metrics.clip_wers(["a"], ["a", "b"]), ValueError,
      "1 references but 2 hypotheses"),
 ]
