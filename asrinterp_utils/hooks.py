@@ -333,6 +333,9 @@ def _index_list(sel, n: int, what: str) -> torch.Tensor | None:
     t = torch.as_tensor(sel)
     if t.dtype == torch.bool:
         return torch.nonzero(t.flatten()).flatten()
+    if t.dtype.is_floating_point or t.dtype.is_complex:
+        raise IndexError(f"{what} must be integer indices (or a slice, or a boolean mask); got "
+                         f"{t.flatten().tolist()[:8]}")
     t = t.flatten().long()
     if t.numel() and (t.min() < -n or t.max() >= n):
         raise IndexError(f"{what} {t.tolist()} out of range for size {n}")
@@ -461,6 +464,11 @@ def _positions_mask(sel: PositionSel, positions: torch.Tensor) -> torch.Tensor |
     t = torch.as_tensor(sel)
     if t.dtype == torch.bool:
         t = torch.nonzero(t.flatten()).flatten()
+    if t.dtype.is_floating_point or t.dtype.is_complex:
+        raise ValueError(f"positions must be integer (absolute) positions; got {t.flatten().tolist()[:8]}")
+    if t.numel() and int(t.min()) < 0:
+        raise ValueError(f"positions must be absolute and non-negative (decoder positions grow during generation, so "
+                         f"negative indices are ambiguous); got {t.flatten().tolist()[:8]}")
     return torch.isin(positions, t.flatten().long().to(positions.device))
 
 

@@ -543,7 +543,7 @@ def _normalise(patches: Mapping[str, Any] | None) -> dict[str, list[Intervention
 def _positions_beyond(model: Any, plan: dict[str, list[Intervention]], n_decoder: int) -> list[str]:
     """``"point: positions [...]"`` for every intervention of ``plan`` restricted to positions that a run over
     ``n_decoder`` decoder positions (and the encoder's frames) never reaches: such a patch would change nothing,
-    silently. Slices count from their start; negative positions count from the end and are always reached."""
+    silently. Slices count from their start (negative positions are refused where the patch applies)."""
     n_frames = int(whisper_core(model).config.max_source_positions)
     found = []
     for name, ivs in plan.items():
@@ -654,7 +654,10 @@ def greedy(model: Any, states: torch.Tensor, *, max_new_tokens: int = 128,
     if follow is None:
         leader = torch.arange(n_rows)
     else:
-        leader = torch.as_tensor(follow, dtype=torch.long).cpu().flatten()
+        given = torch.as_tensor(follow)
+        if given.dtype.is_floating_point or given.dtype == torch.bool:
+            raise ValueError(f"follow must give integer row indices, one per decoder row; got dtype {given.dtype}")
+        leader = given.to(dtype=torch.long).cpu().flatten()
         if len(leader) != n_rows or int(leader.min()) < 0 or int(leader.max()) >= n_rows:
             raise ValueError(f"follow must give one row index in 0..{n_rows - 1} per decoder row ({n_rows}); got "
                              f"{len(leader)} values")

@@ -260,4 +260,5 @@ def test_teacher_force_refuses_patches_at_positions_past_its_tokens():
     assert not torch.allclose(patched[:, last], run.teacher_force(lm, states, ids)[:, last])
     with pytest.raises(ValueError, match=rf"positions \[{last + 1}\].*change nothing"):
         run.teacher_force(lm, states, ids, patches={"dec.0.mlp_out": zero(positions=[last + 1])})
-    run.teacher_force(lm, states, ids, patches={"dec.0.mlp_out": zero(positions=[-1])})  # from the end: reached
+    with pytest.raises(ValueError, match="absolute and non-negative"):  # -1 would match no position, silently
+        run.teacher_force(lm, states, ids, patches={"dec.0.mlp_out": zero(positions=[-1])})
