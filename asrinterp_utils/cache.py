@@ -201,6 +201,9 @@ class _Collector:
             if given is not None and len(given) != rows:
                 raise ValueError(f"{self.point.name}: {name} has {len(given)} entries but the forward pass has {rows} "
                                  f"rows (clips); give one {name} entry per clip of the batch")
+        if self.point.side == "enc" and self.lengths is not None and int(self.lengths.max()) > act.shape[1]:
+            raise ValueError(f"{self.point.name}: n_frames {self.lengths.tolist()[:8]} exceed the {act.shape[1]} "
+                             "frames of the pass; give each clip's real frames (lm.features(clips) returns them)")
         if self.rows is not None:
             if self.point.side == "enc":
                 why = "a second encoder pass"
@@ -295,8 +298,8 @@ def cache_activations(model: Any, names: Union[str, Sequence[str], Callable[[str
     if disk is not None:
         disk.mkdir(parents=True, exist_ok=True)
         (disk / "manifest.json").unlink(missing_ok=True)
-    lengths = {"enc": _as_lengths(n_frames), "dec": _as_lengths(n_tokens)}
-    starts = {"enc": _as_lengths(first_frames), "dec": None}
+    lengths = {"enc": _as_lengths(n_frames, "n_frames", 1), "dec": _as_lengths(n_tokens, "n_tokens", 1)}
+    starts = {"enc": _as_lengths(first_frames, "first_frames", 0), "dec": None}
     collectors = [_Collector(p, pool, lengths[p.side], device, dtype, disk, i, starts[p.side])
                   for i, p in enumerate(points)]
     cache = ActivationCache(pooled=pool)
@@ -317,7 +320,15 @@ def cache_activations(model: Any, names: Union[str, Sequence[str], Callable[[str
             cache.save(disk)
 
 
-def _as_lengths(x: Any) -> torch.Tensor | None:
+def _as_lengths(x: Any, what: str, minimum: int) -> torch.Tensor | None:
+    """``x`` as ``(batch,)`` integer counts, each at least ``minimum`` (a float that is not a whole number would be
+    read as a bound between two positions; a count of 0 would pool nothing)."""
     if x is None:
         return None
-    return torch.as_tensor(x).long().flatten()
+    t = torch.as_tensor(x).flatten()
+    if t.dtype.is_floating_point and not bool((t == t.round()).all()):
+        raise ValueError(f"{what} must be whole numbers of positions per clip; got {t.tolist()[:8]}")
+    t = t.long()
+    if t.numel() and int(t.min()) < minimum:
+        raise ValueError(f"{what} must be at least {minimum} for every clip; got {t.tolist()[:8]}")
+    return t

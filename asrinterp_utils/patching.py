@@ -104,6 +104,9 @@ def token_logprob(start: int) -> Metric:
     """Mean log-probability the model gives the teacher-forced tokens ``ids[:, start:]`` (each predicted from the
     previous position). ``start`` is usually the prompt length."""
     def metric(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        if not 1 <= start < ids.shape[1]:
+            raise ValueError(f"token_logprob: start must be in 1..{ids.shape[1] - 1} for {ids.shape[1]} tokens (the "
+                             f"first scored token; usually the prompt length); got {start}")
         logp = torch.log_softmax(logits[:, start - 1:-1].float(), dim=-1)
         target = ids[:, start:].to(logits.device)
         return logp.gather(-1, target.unsqueeze(-1)).squeeze(-1).mean(dim=1)

@@ -465,8 +465,11 @@ def probe_layers(features: Any, labels: Any, groups: Any, *, n_splits: int = 5, 
             one speaker, more splits than speakers, or splits that put a speaker on both sides.
     """
     features, labels, groups = _check_inputs(features, labels, groups)
-    if len(Cs) == 0:
-        raise ValueError("Cs must hold at least one value")
+    if len(Cs) == 0 or any(not float(c) > 0 for c in Cs):
+        raise ValueError(f"Cs must hold at least one value, each a positive inverse regularisation strength; got "
+                         f"{list(Cs)}")
+    if int(n_bootstrap) < 0:
+        raise ValueError(f"n_bootstrap must be 0 (no interval) or more; got {n_bootstrap}")
     if splits is None:
         folds = grouped_splits(labels, groups, n_splits=n_splits, seed=seed)
         splitter = _splitter_name(labels, groups, n_splits, seed)

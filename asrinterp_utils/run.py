@@ -645,7 +645,10 @@ def greedy(model: Any, states: torch.Tensor, *, max_new_tokens: int = 128,
     device, dtype = param.device, param.dtype
     n_ctx = int(core.config.max_target_positions)
     prompt, end_of_text, at_start, always = _prompt_and_rules(model, suppress_timestamps)
-    if not 1 <= int(max_new_tokens) <= n_ctx - len(prompt):
+    if isinstance(max_new_tokens, bool) or not float(max_new_tokens).is_integer():
+        raise ValueError(f"max_new_tokens must be a whole number of tokens; got {max_new_tokens!r}")
+    max_new_tokens = int(max_new_tokens)
+    if not 1 <= max_new_tokens <= n_ctx - len(prompt):
         raise ValueError(f"max_new_tokens must be between 1 and {n_ctx - len(prompt)} (the decoder holds {n_ctx} "
                          f"positions, the prompt uses {len(prompt)}); got {max_new_tokens}.")
     states = states.to(device=device, dtype=dtype)

@@ -55,6 +55,11 @@ def missing_cache_key():
     return cache["enc.1.resid_post"]
 
 
+def pooled_with_lengths(n_frames):
+    with cache_activations(LM, "enc.0.resid_post", pool="mean", n_frames=n_frames):
+        run.encode_features(LM, FEATS)
+
+
 def pooled_with_three_lengths():
     with cache_activations(LM, "enc.0.resid_post", pool="mean", n_frames=[10, 20, 30]):
         run.encode_features(LM, FEATS)
@@ -121,6 +126,8 @@ CASES = [
     ("patch: a negative position", lambda: run.teacher_force(LM, STATES, IDS,
                                                               patches={"dec.0.mlp_out": hooks.zero(positions=[-1])}),
      ValueError, "absolute and non-negative"),
+    ("greedy: max_new_tokens not a whole number", lambda: run.greedy(LM, STATES, max_new_tokens=3.7), ValueError,
+     "max_new_tokens must be a whole number"),
     ("greedy: follow of the wrong length", lambda: run.greedy(LM, STATES, follow=[0], max_new_tokens=4), ValueError,
      "follow"),
     ("greedy: follow chains", lambda: run.greedy(LM, STATES, kv_rows=[0, 1, 1], follow=[0, 0, 1], max_new_tokens=4),
@@ -180,6 +187,11 @@ CASES = [
     ("cache: greedy then teacher forcing in one block", greedy_then_teacher_force, CachePassError,
      "second decoder pass"),
     ("cache: n_frames for another batch", pooled_with_three_lengths, ValueError, "n_frames has 3 entries.*2 rows"),
+    ("cache: n_frames past the frames", lambda: pooled_with_lengths([10_000, 10]), ValueError,
+     r"n_frames \[10000, 10\] exceed the 150 frames"),
+    ("cache: a clip with no frames", lambda: pooled_with_lengths([0, 10]), ValueError, "n_frames must be at least 1"),
+    ("cache: fractional n_frames", lambda: pooled_with_lengths([10.7, 10]), ValueError,
+     "n_frames must be whole numbers"),
     # lenses
     ("lens: token ids for fewer clips", lambda: lens.logit_lens(LM, FEATS, IDS[:1]), ValueError,
      "2 clips.*1 rows"),
@@ -191,6 +203,8 @@ CASES = [
     ("patching: features and ids of different batches", lambda: patching.run_sweep(
         LM, FEATS[:1], IDS, patching.component_targets(LM, "dec.*.mlp_out"), METRIC), ValueError,
      "decoder_input_ids"),
+    ("patching: token_logprob starting past the tokens", lambda: patching.token_logprob(start=10)(
+        torch.zeros(2, 4, 8), IDS), ValueError, "start must be in 1..3"),
     ("patching: unknown method", lambda: patching.run_sweep(LM, FEATS, IDS, [], METRIC, method="fast"), ValueError,
      "'fast'"),
     ("patching: a metric that reduces over clips", lambda: patching.run_sweep(
@@ -217,6 +231,11 @@ CASES = [
                                                                     np.arange(10)), ValueError, "labels 8"),
     ("probes: fewer groups than clips", lambda: probes.probe_layers(RNG.random((10, 2, 4)), np.array([0, 1] * 5),
                                                                     np.arange(9)), ValueError, "groups 9"),
+    ("probes: a negative C", lambda: probes.probe_layers(RNG.random((10, 2, 4)), np.array([0, 1] * 5), np.arange(10),
+                                                        Cs=(-1.0, 1.0)), ValueError, "positive inverse regularisation"),
+    ("probes: negative n_bootstrap", lambda: probes.probe_layers(RNG.random((10, 2, 4)), np.array([0, 1] * 5),
+                                                                np.arange(10), n_bootstrap=-5), ValueError,
+     "n_bootstrap must be 0"),
     ("probes: one class", lambda: probes.probe_layers(RNG.random((10, 2, 4)), np.zeros(10), np.arange(10)),
      ValueError, "two classes"),
     ("probes: NaN features", lambda: probes.probe_layers(np.full((10, 2, 4), np.nan), np.array([0, 1] * 5),
