@@ -461,6 +461,13 @@ def _positions_mask(sel: PositionSel, positions: torch.Tensor) -> torch.Tensor |
         if stop is not None:
             ok &= positions < stop
         return ok & ((positions - start) % step == 0)
+    return torch.isin(positions, _absolute_positions(sel).to(positions.device))
+
+
+def _absolute_positions(sel: PositionSel) -> torch.Tensor:
+    """A positions selector that is not a slice (int, list, int or bool tensor) as ``(n,)`` int64 absolute
+    positions. Floats (which would be truncated) and negative positions (which would match no position: decoder
+    positions grow during generation) are refused."""
     t = torch.as_tensor(sel)
     if t.dtype == torch.bool:
         t = torch.nonzero(t.flatten()).flatten()
@@ -469,7 +476,7 @@ def _positions_mask(sel: PositionSel, positions: torch.Tensor) -> torch.Tensor |
     if t.numel() and int(t.min()) < 0:
         raise ValueError(f"positions must be absolute and non-negative (decoder positions grow during generation, so "
                          f"negative indices are ambiguous); got {t.flatten().tolist()[:8]}")
-    return torch.isin(positions, t.flatten().long().to(positions.device))
+    return t.flatten().long()
 
 
 # --------------------------------------------------------------------------------------------------------------

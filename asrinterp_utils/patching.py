@@ -422,8 +422,8 @@ def _encoder_sweep(model: Any, feats: torch.Tensor, ids: torch.Tensor, targets: 
     last = len(encoder.layers) - 1
     with cache_activations(model, ["enc.*.resid_pre", f"enc.{last}.resid_post"]) as prefix:
         clean_out = run.encode_features(model, feats)
-    baseline = _check_metric(metric(run.teacher_force(model, clean_out, ids), ids), feats.shape[0])
     batch = feats.shape[0]
+    baseline = _check_metric(metric(run.teacher_force(model, clean_out, ids), ids), batch)
     values = torch.empty(len(targets), batch)
     first = [_first_encoder_layer(model, t) for t in targets]
     order = sorted(range(len(targets)), key=lambda i: first[i])

@@ -69,6 +69,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from .stats import grouped_resample_means
+
 DEFAULT_CS = (0.01, 0.1, 1, 10)
 """The regularisation strengths searched in each training fold (ties go to the first, so keep them ascending and the
 strongest regularisation wins a tie)."""
@@ -426,12 +428,7 @@ def _speaker_bootstrap(correct: np.ndarray, groups: np.ndarray, n_bootstrap: int
     if n_bootstrap <= 0:
         return np.full((correct.shape[0], 2), np.nan)
     _, g = np.unique(groups, return_inverse=True)
-    n_groups = g.max() + 1
-    hits = np.stack([np.bincount(g, weights=c, minlength=n_groups) for c in correct])   # (n_layers, n_groups)
-    sizes = np.bincount(g, minlength=n_groups)                                            # (n_groups,)
-    rng = np.random.default_rng(seed)
-    draws = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_bootstrap)  # (n_bootstrap, n_groups)
-    accuracy = (draws @ hits.T) / (draws @ sizes)[:, None]                                # (n_bootstrap, n_layers)
+    accuracy = grouped_resample_means(correct.T.astype(np.float64), g, n_bootstrap, seed)  # (n_bootstrap, n_layers)
     return np.percentile(accuracy, [2.5, 97.5], axis=0).T
 
 

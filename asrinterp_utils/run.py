@@ -44,8 +44,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from .hooks import (Intervention, _index_list, active_hook_count, hf_model, patch, pattern_hook_sides,
-                    resolve_hook_points, whisper_core)
+from .hooks import (Intervention, _absolute_positions, _index_list, active_hook_count, hf_model, patch,
+                    pattern_hook_sides, resolve_hook_points, whisper_core)
 
 __all__ = ["Encoded", "Decoded", "encode", "encode_features", "greedy", "teacher_force", "generate_ids", "transcribe",
            "cross_attention_kv", "attention_for", "attention_mode"]
@@ -412,6 +412,15 @@ def _decoder_cache(model: Any, cross, capacity: int | None = None):
     return cache
 
 
+def _as_rows(rows: Any, refusal: str) -> torch.Tensor:
+    """``rows`` as ``(n,)`` int64 row indices on the CPU; floats and booleans (which would be truncated or read as
+    0/1 rows, silently) raise ``ValueError(refusal + "; got dtype ...")``."""
+    t = torch.as_tensor(rows)
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise ValueError(f"{refusal}; got dtype {t.dtype}")
+    return t.to(dtype=torch.long).cpu().flatten()
+
+
 def _check_states(model: Any, states: torch.Tensor, kv_rows: torch.Tensor | None, n_rows_name: str) -> torch.Tensor:
     core = whisper_core(model)
     d_model = core.config.d_model
@@ -423,11 +432,7 @@ def _check_states(model: Any, states: torch.Tensor, kv_rows: torch.Tensor | None
                          "encoder output of real audio is finite: check the features or the patch that made them.")
     if kv_rows is None:
         return torch.arange(len(states))
-    given = torch.as_tensor(kv_rows)
-    if given.dtype.is_floating_point or given.dtype == torch.bool:
-        raise ValueError(f"kv_rows must be integer row indices into states, one per {n_rows_name}; got dtype "
-                         f"{given.dtype}")
-    kv_rows = given.to(dtype=torch.long).cpu().flatten()
+    kv_rows = _as_rows(kv_rows, f"kv_rows must be integer row indices into states, one per {n_rows_name}")
     if len(kv_rows) == 0 or int(kv_rows.min()) < 0 or int(kv_rows.max()) >= len(states):
         raise ValueError(f"kv_rows must index the {len(states)} rows of states (0..{len(states) - 1}), one per "
                          f"{n_rows_name}; got values {kv_rows.unique().tolist()[:8]}")
@@ -543,7 +548,7 @@ def _normalise(patches: Mapping[str, Any] | None) -> dict[str, list[Intervention
 def _positions_beyond(model: Any, plan: dict[str, list[Intervention]], n_decoder: int) -> list[str]:
     """``"point: positions [...]"`` for every intervention of ``plan`` restricted to positions that a run over
     ``n_decoder`` decoder positions (and the encoder's frames) never reaches: such a patch would change nothing,
-    silently. Slices count from their start (negative positions are refused where the patch applies)."""
+    silently. Slices count from their start; float or negative positions are refused here already."""
     n_frames = int(whisper_core(model).config.max_source_positions)
     found = []
     for name, ivs in plan.items():
@@ -555,8 +560,7 @@ def _positions_beyond(model: Any, plan: dict[str, list[Intervention]], n_decoder
                 start = iv.positions.start
                 wanted = [] if start is None or start < 0 else [int(start)]
             else:
-                t = torch.as_tensor(iv.positions).flatten()
-                wanted = (torch.nonzero(t).flatten() if t.dtype == torch.bool else t).tolist()
+                wanted = _absolute_positions(iv.positions).tolist()
             for side in sides:
                 n = n_decoder if side == "dec" else n_frames
                 beyond = sorted({int(x) for x in wanted if x >= n})
@@ -657,10 +661,7 @@ def greedy(model: Any, states: torch.Tensor, *, max_new_tokens: int = 128,
     if follow is None:
         leader = torch.arange(n_rows)
     else:
-        given = torch.as_tensor(follow)
-        if given.dtype.is_floating_point or given.dtype == torch.bool:
-            raise ValueError(f"follow must give integer row indices, one per decoder row; got dtype {given.dtype}")
-        leader = given.to(dtype=torch.long).cpu().flatten()
+        leader = _as_rows(follow, "follow must give integer row indices, one per decoder row")
         if len(leader) != n_rows or int(leader.min()) < 0 or int(leader.max()) >= n_rows:
             raise ValueError(f"follow must give one row index in 0..{n_rows - 1} per decoder row ({n_rows}); got "
                              f"{len(leader)} values")
@@ -668,7 +669,7 @@ def greedy(model: Any, states: torch.Tensor, *, max_new_tokens: int = 128,
             raise ValueError("follow: a row that others follow must follow itself (no chains)")
     plan = _normalise(patches)
     # step 0 runs the prompt, step s > 0 the token chosen at step s - 1: the last token is never fed back
-    beyond = _positions_beyond(model, plan, len(prompt) + int(max_new_tokens) - 1)
+    beyond = _positions_beyond(model, plan, len(prompt) + max_new_tokens - 1)
     if beyond:
         raise ValueError(f"greedy: {'; '.join(beyond)} with max_new_tokens={max_new_tokens}: these patches can never "
                          "apply. Restrict them to earlier positions (prompt included, counted from 0), or raise "

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _scipy_stats
 
-__all__ = ["Estimate", "McNemar", "proportion", "bootstrap_mean", "paired_difference", "mcnemar",
+__all__ = ["Estimate", "McNemar", "proportion", "bootstrap_mean", "grouped_resample_means", "paired_difference", "mcnemar",
            "selection_stability", "verdict", "VERDICTS", "CONFIDENCE", "N_RESAMPLES"]
 
 CONFIDENCE = 0.95
@@ -89,6 +89,20 @@ def _values_and_groups(values: Any, groups: Any, what: str) -> tuple[np.ndarray,
     return x, np.unique(g, return_inverse=True)[1]
 
 
+def grouped_resample_means(values: np.ndarray, codes: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+    """The bootstrap behind every interval here: the mean of each column of ``values`` ``(n, k)`` over
+    ``n_resamples`` resamples that draw the groups ``codes`` (``(n,)`` integers ``0 .. G-1``, one per row) with
+    replacement, G draws each, every row of a drawn group counting once per draw. Returns ``(n_resamples, k)``."""
+    if int(n_resamples) < 1:
+        raise ValueError(f"n_resamples must be at least 1; got {n_resamples}")
+    n_groups = int(codes.max()) + 1
+    sums = np.stack([np.bincount(codes, weights=column, minlength=n_groups) for column in values.T], axis=1)
+    sizes = np.bincount(codes, minlength=n_groups)                                                   # (groups,)
+    draws = np.random.default_rng(seed).multinomial(n_groups, np.full(n_groups, 1.0 / n_groups),
+                                                    size=int(n_resamples))                      # (resamples, groups)
+    return (draws @ sums) / (draws @ sizes)[:, None]
+
+
 def bootstrap_mean(values: Any, *, groups: Any = None, n_resamples: int = N_RESAMPLES,
                    confidence: float = CONFIDENCE, seed: int = 0) -> Estimate:
     """The mean of ``values`` ``(n,)`` with a percentile bootstrap interval.
@@ -102,10 +116,7 @@ def bootstrap_mean(values: Any, *, groups: Any = None, n_resamples: int = N_RESA
     if int(n_resamples) < 1:
         raise ValueError(f"bootstrap_mean: n_resamples must be at least 1; got {n_resamples}")
     n_groups = int(g.max()) + 1
-    sums, sizes = np.bincount(g, weights=x, minlength=n_groups), np.bincount(g, minlength=n_groups)
-    rng = np.random.default_rng(seed)
-    draws = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=int(n_resamples))  # (resamples, groups)
-    means = (draws @ sums) / (draws @ sizes)
+    means = grouped_resample_means(x[:, None], g, n_resamples, seed)[:, 0]
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
     method = "bootstrap over groups" if groups is not None else "bootstrap over items"
@@ -161,11 +172,7 @@ def selection_stability(scores: Any, *, groups: Any = None, n_resamples: int = N
     if not np.isfinite(s).all():
         raise ValueError("selection_stability: scores must be finite")
     _, g = _values_and_groups(s[:, 0], groups, "selection_stability")
-    n_groups = int(g.max()) + 1
-    sums = np.stack([np.bincount(g, weights=column, minlength=n_groups) for column in s.T], axis=1)  # (groups, cand.)
-    sizes = np.bincount(g, minlength=n_groups)
-    draws = np.random.default_rng(seed).multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=int(n_resamples))
-    means = (draws @ sums) / (draws @ sizes)[:, None]                                              # (resamples, cand.)
+    means = grouped_resample_means(s, g, n_resamples, seed)                                       # (resamples, cand.)
     winners = (means if higher_is_better else -means).argmax(axis=1)
     share = np.bincount(winners, minlength=s.shape[1]) / len(winners)
     return pd.Series(share, index=names if names is not None else range(s.shape[1]),
