@@ -39,7 +39,9 @@ How it maps to Hugging Face
 attention module; ``*_head_out`` is the input of its ``out_proj`` viewed as ``(..., heads, d_head)``; ``mlp_hidden``
 the input of ``fc2`` and ``mlp_out`` its output; the mid-block residuals are the inputs of the LayerNorm that
 follows (writing them changes the attention output so that the sum equals the new value). Patterns are the second
-output of the attention module, which only eager attention computes (``load_model`` loads eager by default).
+output of the attention module, which only eager attention computes: ``load_model`` loads SDPA (PyTorch's fused
+attention, several times faster on the encoder's 1500 frames), and while a hook reads a pattern the model runs
+eager attention, its own setting restored when the last such hook is removed.
 
 Positions
 ---------
@@ -526,6 +528,7 @@ class HookSession:
         for h in self.handles:
             h.remove()
         self.handles.clear()
+        _restore_attention(self.core)
 
     def _track_decoder_fn(self):
         return lambda module, args, kwargs: self._track_decoder(module, args, kwargs)
@@ -585,8 +588,10 @@ class HookSession:
                 act = output if index is None else output[index]
                 if act is None:
                     raise HookPointError(
-                        f"{point.name}: the model computed no attention probabilities. Load it with "
-                        "attn_implementation='eager' (load_model's default); SDPA and flash attention return none.")
+                        f"{point.name}: the model computed no attention probabilities: its attention backend "
+                        f"({self.core.config._attn_implementation!r}) was changed while the hook was attached. "
+                        "Leave the backend alone inside cache_activations; this package switches to eager attention "
+                        "for pattern points itself.")
                 ctx = self._ctx(point, act.shape[2] if point.is_pattern else act.shape[1])
                 if not write:
                     fn(act, ctx)
@@ -597,6 +602,7 @@ class HookSession:
                 return (*output[:index], new, *output[index + 1:])
             if point.is_pattern:
                 fwd_hook._asrinterp_pattern_side = point.side
+                _eager_for_patterns(self.core)
             self._keep(module.register_forward_hook(_mark(fwd_hook, write), prepend=prepend), module._forward_hooks,
                        write)
 
@@ -703,6 +709,26 @@ def pattern_hook_sides(model: Any) -> set[str]:
     core = whisper_core(model)
     return {side for m in core.modules() for fn in m._forward_hooks.values()
             if (side := getattr(fn, "_asrinterp_pattern_side", None))}
+
+
+_SAVED_ATTENTION = "_asrinterp_attention_before_patterns"
+
+
+def _eager_for_patterns(core: nn.Module) -> None:
+    """Only eager attention computes attention probabilities: switch the model to it while pattern hooks are
+    attached, remembering its own backend (once, however many sessions nest)."""
+    config = core.config
+    if config._attn_implementation == "eager" or hasattr(core, _SAVED_ATTENTION):
+        return
+    setattr(core, _SAVED_ATTENTION, config._attn_implementation)
+    config._attn_implementation = "eager"
+
+
+def _restore_attention(core: nn.Module) -> None:
+    """The model's own attention backend again, once no hook of this package reads a pattern."""
+    if hasattr(core, _SAVED_ATTENTION) and not pattern_hook_sides(core):
+        core.config._attn_implementation = getattr(core, _SAVED_ATTENTION)
+        delattr(core, _SAVED_ATTENTION)
 
 
 def _mark(fn, write: bool = False):

@@ -512,7 +512,7 @@ def _load_pretrained(name: str, device: torch.device, dtype: torch.dtype, attn_i
 
 
 def load_model(name: str | os.PathLike = "tiny.en", device: str | torch.device | None = None,
-               dtype: torch.dtype | None = None, attn_implementation: str = "eager") -> LoadedModel:
+               dtype: torch.dtype | None = None, attn_implementation: str = "sdpa") -> LoadedModel:
     """Load a Whisper model with its processor and tokenizer.
 
     Args:
@@ -523,8 +523,11 @@ def load_model(name: str | os.PathLike = "tiny.en", device: str | torch.device |
             folder of the same name in the working directory (write ``"./base"`` for the folder).
         device: where to put the model; default :func:`asrinterp_utils.runtime.default_device` (CUDA if present).
         dtype: parameter dtype; default float32 on CPU and float16 on CUDA.
-        attn_implementation: transformers attention backend. Keep ``"eager"`` to read attention weights
-            (``output_attentions``); ``"sdpa"`` is faster when they are not needed.
+        attn_implementation: transformers attention backend: ``"sdpa"`` (PyTorch's fused attention, several times
+            faster on the encoder's 1500 frames) or ``"eager"``. Either way, hook points that read attention
+            patterns (``enc.{L}.attn_pattern``, ``dec.{L}.cross_pattern``) switch the model to eager attention
+            while they are attached (:mod:`asrinterp_utils.hooks`); ``output_attentions=True`` in a raw Hugging
+            Face call needs ``"eager"``.
 
     Returns:
         A :class:`LoadedModel` in eval mode.
@@ -584,7 +587,8 @@ def attention_backend(lm: LoadedModel, implementation: str = "sdpa"):
 
     ``"sdpa"`` (PyTorch's fused attention) computes the same function as ``"eager"`` up to float rounding (about
     1e-4 on the encoder's output) and is 2-3x faster on a CPU for Whisper's 1500-frame encoder, but returns no
-    attention weights: keep ``"eager"`` (:func:`load_model`'s default) for ``attn_pattern`` hook points.
+    attention weights (hook points that read patterns switch to eager attention by themselves). ``"sdpa"`` is
+    :func:`load_model`'s default; ``"eager"`` is what ``output_attentions=True`` in a raw Hugging Face call needs.
 
     >>> with attention_backend(lm, "sdpa"):          # doctest: +SKIP
     ...     store = extract_features(lm, clips, "enc.*.resid_post", out_dir="feats")

@@ -785,8 +785,14 @@ def attribution_patching(model: Any, input_features: torch.Tensor, decoder_input
     device = next(hf.parameters()).device
     feats = input_features.to(device=device, dtype=next(hf.parameters()).dtype)
     ids = decoder_input_ids.to(device)
+    # decoder points only: the encoder runs once without a graph (nothing it computes needs a gradient)
+    encoder_out = run.encode_features(model, feats) if all(p.side == "dec" for p in points) else None
     with torch.enable_grad(), patch(model, {p.name: apply(capture(p.name)) for p in points}):
-        value = metric(hf(feats, decoder_input_ids=ids).logits, ids)
+        if encoder_out is None:
+            logits = hf(feats, decoder_input_ids=ids).logits
+        else:
+            logits = hf(encoder_outputs=(encoder_out,), decoder_input_ids=ids).logits
+        value = metric(logits, ids)
         grads = torch.autograd.grad(value.sum(), [captured[p.name] for p in points])
     estimates = {}
     for p, grad in zip(points, grads):

@@ -144,3 +144,26 @@ def test_spread_takes_evenly_from_every_value_and_first_texts_keeps_whole_texts(
         bank.spread(table, 3, "speaker")
     first = bank.first_texts(table, 2)
     assert set(first.text) == {"t0", "t1"} and len(first) == (table.text.isin(["t0", "t1"])).sum()
+
+
+def test_noise_ladder_puts_each_utterance_at_every_level_and_grows_by_texts():
+    kinds, levels = ["white", "pink", "babble"], [20.0, 10.0, 5.0, 0.0]
+    rows = []
+    for voice in ("v1", "v2"):
+        for text in ("t0", "t1", "t2"):
+            rows.append({"text": text, "voice_id": voice, "noisy": False, "noise": "none", "snr_db": np.inf})
+            rows += [{"text": text, "voice_id": voice, "noisy": True, "noise": k, "snr_db": s}
+                     for k in kinds for s in levels]
+    table = pd.DataFrame(rows).assign(path=lambda d: [f"clip{i}.wav" for i in range(len(d))])
+    two, three = bank.noise_ladder(table, 2), bank.noise_ladder(table, 3)
+    assert len(two) == 2 * 2 * (1 + len(levels)) and set(two.text) == {"t0", "t1"}
+    for _, utterance in two.groupby(["text", "voice_id"]):  # the clean clip and one copy at every level
+        assert sorted(utterance.snr_db) == sorted(levels + [np.inf])
+    rungs = two[two.noisy]
+    assert rungs.groupby("snr_db").noise.nunique().min() >= 2  # kinds rotate within a level
+    assert list(three.path[:len(two)]) == list(two.path)  # more texts extend the ladder: the same clips first
+    assert set(three.path) - set(two.path) == set(three[three.text == "t2"].path)
+    with pytest.raises(KeyError, match="no column 'noisy'"):
+        bank.noise_ladder(table.drop(columns="noisy"), 2)
+    with pytest.raises(ValueError, match="n_texts"):
+        bank.noise_ladder(table, 0)

@@ -230,13 +230,30 @@ def test_wildcards_and_table(toy):
     assert row["hf_module"] == "model.decoder.layers.1.encoder_attn.out_proj" and row["shape"].endswith("d_head)")
 
 
-def test_patterns_need_eager_attention(toy_inputs):
+def test_patterns_switch_an_sdpa_model_to_eager_attention_while_they_are_read(toy_inputs):
+    """SDPA computes no probabilities: a pattern hook runs the model eagerly, and its own backend comes back when
+    the last pattern hook is removed (nested sessions included); the patterns equal an eager model's."""
     feats, _, ids = toy_inputs
-    sdpa = random_whisper(attn="sdpa")
-    with pytest.raises(HookPointError, match="attn_implementation='eager'"), torch.no_grad():
-        with cache_activations(sdpa, "enc.0.attn_pattern"):
-            sdpa(feats, decoder_input_ids=ids)
-    assert hooks.active_hook_count(sdpa) == 0
+    sdpa, eager = random_whisper(attn="sdpa"), random_whisper(attn="eager")
+    eager.load_state_dict(sdpa.state_dict())
+    config = sdpa.config
+    with torch.no_grad():
+        with cache_activations(eager, ["enc.0.attn_pattern", "dec.1.cross_pattern"]) as want:
+            eager(feats, decoder_input_ids=ids)
+        with cache_activations(sdpa, "enc.0.attn_pattern") as outer:
+            assert config._attn_implementation == "eager"
+            with cache_activations(sdpa, "dec.1.cross_pattern") as inner:
+                sdpa(feats, decoder_input_ids=ids)
+            assert config._attn_implementation == "eager"  # the outer session still reads a pattern
+            with cache_activations(sdpa, "enc.0.resid_post"):  # no pattern: leaves the backend alone
+                pass
+            assert config._attn_implementation == "eager"
+        assert config._attn_implementation == "sdpa"
+    torch.testing.assert_close(outer["enc.0.attn_pattern"], want["enc.0.attn_pattern"])
+    torch.testing.assert_close(inner["dec.1.cross_pattern"], want["dec.1.cross_pattern"])
+    with pytest.raises(RuntimeError), cache_activations(sdpa, "dec.0.cross_pattern"):
+        raise RuntimeError("an error inside the block")
+    assert config._attn_implementation == "sdpa" and hooks.active_hook_count(sdpa) == 0
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@ import torch
 
 from asrinterp_utils import audio, hooks, patching, run
 from asrinterp_utils.cache import cache_activations
+from asrinterp_utils.models import attention_backend
 
 pytestmark = pytest.mark.real
 
@@ -31,10 +32,13 @@ def test_hooked_real_model_matches_plain_hugging_face(tiny, speech):
     waves, _ = speech
     feats, n_frames = tiny.features(waves)
     ids = run.generate_ids(tiny, waves)
-    out = tiny.model(feats, decoder_input_ids=ids, output_hidden_states=True)
+    with attention_backend(tiny, "eager"):  # the hooked run reads decoder patterns, which switches it to eager
+        out = tiny.model(feats, decoder_input_ids=ids, output_hidden_states=True)
     names = lambda n: not n.endswith("attn_pattern")  # noqa: E731 (1500 x 1500 per head: not needed here)
     with cache_activations(tiny, names) as cache:
+        assert tiny.model.config._attn_implementation == "eager"
         hooked = tiny.model(feats, decoder_input_ids=ids).logits
+    assert tiny.model.config._attn_implementation == "sdpa"  # load_model's default, back
     assert torch.equal(hooked, out.logits)
     for i in range(tiny.dims.n_encoder_layers):
         assert torch.equal(cache[f"enc.{i}.resid_pre"], out.encoder_hidden_states[i])

@@ -357,6 +357,39 @@ def first_texts(table: pd.DataFrame, n: int) -> pd.DataFrame:
     return table[table.text.map(order) < n]
 
 
+def noise_ladder(table: pd.DataFrame, n_texts: int) -> pd.DataFrame:
+    """The clean clips of a ``noise`` table's first ``n_texts`` texts (every voice) and, for each, one noisy copy at
+    every SNR level, the noise kind rotating over utterances and levels so that every kind appears at every level.
+
+    Rows come text by text (the table's order of texts), clean clips first within a text: the ladder of more texts
+    begins with the ladder of fewer, the same clips, so chapters that take a ladder of different sizes share their
+    clips (and the store serves their encodings). The kind of a copy depends on the utterance's place among all the
+    table's clean clips, not on ``n_texts``.
+    """
+    missing = [c for c in ("text", "voice_id", "noisy", "noise", "snr_db") if c not in table.columns]
+    if missing:
+        raise KeyError(f"noise_ladder: the table has no column {missing[0]!r}; pass a table of "
+                       "speech_dataset('noise')")
+    if int(n_texts) != n_texts or n_texts < 1:
+        raise ValueError(f"noise_ladder: n_texts must be a positive whole number, got {n_texts!r}")
+    noisy = table.noisy.astype(bool)
+    kinds = list(dict.fromkeys(table.noise[noisy]))
+    levels = sorted(set(table.snr_db[noisy]), reverse=True)
+    copies = table[noisy].set_index(["text", "voice_id", "snr_db", "noise"])
+    rank = {text: i for i, text in enumerate(dict.fromkeys(table.text))}
+    clean, rungs = [], []
+    for i, row in enumerate(table[~noisy].itertuples(index=False)):
+        if rank[row.text] >= n_texts:
+            continue
+        clean.append(row._asdict())
+        for j, snr in enumerate(levels):
+            copy = copies.loc[[(row.text, row.voice_id, snr, kinds[(i + j) % len(kinds)])]].reset_index()
+            rungs.append(copy.iloc[0].to_dict())
+    ladder = pd.DataFrame(clean + rungs, columns=table.columns)
+    order = ladder.text.map(rank).to_numpy() * 2 + ladder.noisy.astype(bool).to_numpy()
+    return ladder.iloc[np.argsort(order, kind="stable")].reset_index(drop=True)
+
+
 def speaker_split(table: pd.DataFrame, *, test_fraction: float = 0.3, seed: int = 0,
                   stratify: str | None = None) -> pd.Series:
     """``train``/``test`` per row, assigning whole speakers to one side (no speaker on both sides).
