@@ -275,11 +275,11 @@ def clean_and_reference(lm: Any, clips: Sequence[Any], *, points: Any = "dec.*",
 
     clips = list(clips)
     reference = _reference_clips(clips, reference)
-    features, n_frames = lm.features(clips)
+    clean = store.encoded(lm, clips)  # read from the store where another chapter encoded these clips
+    features, n_frames, clean_states = clean.features, clean.n_frames, clean.states
     ref_features, ref_frames = lm.features(reference)
     names = [points] if isinstance(points, str) else list(points)
     encoder_points = any(p.side == "enc" for name in names for p in resolve_hook_points(lm, name))
-    clean_states = run.encode_features(lm, features)
     ids = run.greedy(lm, clean_states, max_new_tokens=max_new_tokens).ids  # outside the cache: one pass per run
     runs, caches, logits = [], [], []
     for feats, frames, states in ((features, n_frames, clean_states), (ref_features, ref_frames, None)):

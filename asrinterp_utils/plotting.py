@@ -166,12 +166,16 @@ def patch_heatmap(values, *, row_label: str = "layer", col_label: str = "compone
 
 
 def forest(table, *, ax=None, label: str = "claim", group: str = "model", value: str = "value", low: str = "low",
-           high: str = "high", reported: str | None = "reported", null: float | None = 0.0, xlabel: str = "effect",
-           title: str | None = None):
+           high: str = "high", reported: str | None = "reported", null: float | str | None = 0.0,
+           xlabel: str = "effect", title: str | None = None, legend: bool = True):
     """A forest plot: one row per ``label`` (a claim), one marker per ``group`` (a model) at ``value`` with a line
     from ``low`` to ``high`` (its interval), the paper's ``reported`` value (where the table has one) as a red
-    cross, and the ``null`` as a dashed vertical line. ``table`` is long: one row per claim and model.
+    cross, and the ``null`` as a dashed vertical line (a number) or, when claims have nulls of their own (chance
+    differs by task), a column: a short grey bar on each claim's row. ``table`` is long: one row per claim and
+    model. Claims are wrapped onto two lines; the legend (``legend=False``: none) sits in a row above the axes.
     Returns the matplotlib Axes."""
+    import textwrap
+
     import pandas as pd
 
     frame = pd.DataFrame(table)
@@ -194,14 +198,22 @@ def forest(table, *, ax=None, label: str = "claim", group: str = "model", value:
         if len(shown):
             ax.scatter(shown[reported], [claims.index(c) for c in shown[label]], marker="x", color="tab:red", s=60,
                        zorder=3, label="reported by the paper")
-    if null is not None:
+    if isinstance(null, str):
+        if null not in frame.columns:
+            raise ValueError(f"forest: null={null!r} is not a column of the table; it has {list(frame.columns)}")
+        nulls = frame.drop_duplicates(label)
+        ax.scatter(nulls[null], [claims.index(c) for c in nulls[label]], marker="|", s=500, color="grey", zorder=1,
+                   label="no effect (chance, or none resolved)")
+    elif null is not None:
         ax.axvline(null, color="grey", ls="--", lw=1)
     ax.set_yticks(range(len(claims)))
-    ax.set_yticklabels([_short(str(c), 48) for c in claims])
+    ax.set_yticklabels(["\n".join(textwrap.wrap(str(c), 34, max_lines=2, placeholder="...")) for c in claims],
+                       fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel(xlabel)
     ax.set_ylabel("")
-    ax.legend(fontsize=8, loc="best")
+    if legend:
+        ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, frameon=False)
     if title:
         ax.set_title(title)
     return ax

@@ -167,6 +167,17 @@ def mining_summary(mined: pd.DataFrame) -> pd.DataFrame:
             .reset_index())
 
 
+def resolved_by_clip(sweep: Any) -> pd.DataFrame:
+    """Whether each target resolved each looping clip, ``(clips, targets)`` booleans in the sweep's order of clips
+    and targets: resolved means the patched transcript is no longer a loop and ends before the token limit, as in
+    :func:`loop_resolution` (whose ``resolved`` column is this table's mean per target). The per-clip outcomes are
+    what a paired or cross-fitted comparison of targets needs (:func:`asrinterp_utils.stats.cross_fitted_best`)."""
+    frame = sweep.to_frame()
+    frame["resolved"] = ~frame.loop & ~frame.hit_limit
+    table = frame.pivot(index="clip", columns="target", values="resolved")
+    return table[list(dict.fromkeys(frame.target))].astype(bool)
+
+
 def loop_resolution(sweep: Any, references: Sequence[str] | None = None) -> pd.DataFrame:
     """How each target of a :class:`~asrinterp_utils.patching.GenerationSweep` run on looping inputs changed them.
 

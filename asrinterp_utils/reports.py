@@ -5,7 +5,10 @@ Both pages are built from JSON that other code wrote, never from numbers typed i
 * **Reproduction report.** Each chapter saves its headline numbers with :func:`asrinterp_utils.runtime.save_results`
   under ``cache_dir("results", mode)``. :func:`reproduction_claims` reads them and states, for every claim of the
   paper, what the paper reports (as recovered by summaries; ``../shared/notes/paper.md``), what we measured on each
-  model, and a verdict computed here from our numbers by the rule given with the claim.
+  model, and a verdict computed here from our numbers. Where the chapter saved an interval (or the counts that give
+  one), the verdict respects it (:func:`asrinterp_utils.stats.verdict`): *supported* only when the interval clears
+  the claim's null, *inconclusive* when it does not but still holds the paper's value; otherwise it applies the
+  rule given with the claim to the point values, and says so.
 * **Performance page.** Each script in ``benchmarks/`` writes one JSON file to ``benchmarks/results/``.
   :func:`benchmark_summary` lists them with their machine, versions, timings, ratios and correctness checks.
 """
@@ -17,7 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from . import stats
+
 SUPPORTED, NOT_SUPPORTED, NOT_TESTABLE = "supported", "not supported", "not testable here"
+INCONCLUSIVE = "inconclusive"
 
 # The results file each chapter saves, and the chapter that writes it (for messages and links).
 RESULT_FILES = {
@@ -35,8 +41,10 @@ RESULT_FILES = {
 class Claim:
     """One claim of the paper beside our numbers.
 
-    ``ours`` maps a model name to what we measured (text); ``holds`` maps it to whether our numbers meet the
-    claim's ``rule`` (None: not testable). :attr:`verdict` combines them.
+    ``ours`` maps a model name to what we measured (text). Per model, either ``estimates`` holds the measured
+    effect with its interval (:class:`~asrinterp_utils.stats.Estimate`), judged against ``null[model]`` (no effect:
+    chance for a probe, 0 for a share of loops resolved) and the paper's ``reported_value``; or ``holds`` says
+    whether the point values meet the claim's ``rule`` (None: not testable). :attr:`verdict` combines the models.
     """
 
     section: str
@@ -47,19 +55,35 @@ class Claim:
     ours: dict[str, str] = field(default_factory=dict)
     holds: dict[str, bool | None] = field(default_factory=dict)
     note: str = ""
+    estimates: dict[str, stats.Estimate] = field(default_factory=dict)
+    null: dict[str, float] = field(default_factory=dict)
+    reported_value: float | None = None
+    scale: str = "accuracy or share"
+
+    def model_verdict(self, model: str) -> str | None:
+        """The verdict on one model: from its interval when there is one (``supported``, ``inconclusive``, ``not
+        supported``), else from the rule (``supported``/``not supported``); None when not testable there."""
+        if model in self.estimates:
+            return stats.verdict(self.estimates[model], null=self.null.get(model, 0.0), reported=self.reported_value)
+        held = self.holds.get(model)
+        return None if held is None else (SUPPORTED if held else NOT_SUPPORTED)
 
     @property
     def verdict(self) -> str:
-        """``supported`` (holds on every model), ``not supported`` (on none), ``mixed (...)`` or
-        ``not testable here``."""
-        tested = {m: h for m, h in self.holds.items() if h is not None}
+        """The models' verdict when they agree, ``mixed (...)`` naming each model's when they do not, or ``not
+        testable here``."""
+        per_model = {m: self.model_verdict(m) for m in dict.fromkeys([*self.estimates, *self.holds])}
+        tested = {m: v for m, v in per_model.items() if v is not None}
         if not tested:
             return NOT_TESTABLE
-        if all(tested.values()):
-            return SUPPORTED
-        if not any(tested.values()):
-            return NOT_SUPPORTED
-        return "mixed (" + ", ".join(f"{m}: {'yes' if h else 'no'}" for m, h in tested.items()) + ")"
+        if len(set(tested.values())) == 1:
+            return next(iter(tested.values()))
+        return "mixed (" + ", ".join(f"{m}: {v}" for m, v in tested.items()) + ")"
+
+    @property
+    def from_interval(self) -> bool:
+        """Whether the verdict rests on intervals (on every model tested) rather than on point values."""
+        return bool(self.estimates) and all(m in self.estimates for m, h in self.holds.items() if h is not None)
 
 
 def load_results(mode: str = "full", folder: str | Path | None = None) -> dict[str, dict]:
@@ -131,22 +155,30 @@ def _encoder_lens(results: dict) -> list[Claim]:
     return [late, fluent]
 
 
-PROBE_REPORTED = {  # attribute: (reported for large-v3 by summaries, task name in the probing results)
-    "speaker gender": ("94.6 % at layer 25 of 32", "gender"),
-    "clean vs noisy audio": ("90.0 % at layer 27 of 32", "noise"),
-    "accent": ("97.0 % at layer 22 of 32 (four real accents)", "accent"),
-    "semantic category": ("\"high\", no number", "semantic category"),
+PROBE_REPORTED = {  # attribute: (reported for large-v3 by summaries, task name in the probing results, its value)
+    "speaker gender": ("94.6 % at layer 25 of 32", "gender", 0.946),
+    "clean vs noisy audio": ("90.0 % at layer 27 of 32", "noise", 0.900),
+    "accent": ("97.0 % at layer 22 of 32 (four real accents)", "accent", 0.970),
+    "semantic category": ("\"high\", no number", "semantic category", None),
 }
+
+
+def _accuracy(r: dict) -> stats.Estimate:
+    """A saved probe accuracy with its (speaker-bootstrap) interval."""
+    return stats.Estimate(r["accuracy"], r["ci_low"], r["ci_high"], n=int(r.get("n", 0) or 0),
+                          method="saved bootstrap interval")
 
 
 def _probing(results: dict) -> list[Claim]:
     claims, depths = [], {}
     rows = [r for r in results["best_layers"]]
     log_mel = {r["task"]: r for r in rows if r["source"] == "log-mel"}
-    for attribute, (reported, task) in PROBE_REPORTED.items():
+    for attribute, (reported, task, value) in PROBE_REPORTED.items():
         claim = Claim("Linear probes on the encoder", f"The encoder linearly encodes {attribute}", reported,
-                      "the best layer's 95 % interval lies above chance", RESULT_FILES["probing_encoder"],
-                      note="espeak's rule-based accents, not the paper's speakers" if task == "accent" else "")
+                      "the best layer's 95 % interval lies above chance (the best layer is chosen on the same "
+                      "folds, so the interval is optimistic)", RESULT_FILES["probing_encoder"],
+                      note="espeak's rule-based accents, not the paper's speakers" if task == "accent" else "",
+                      reported_value=value)
         for r in rows:
             if r["task"] != task or r["source"] in ("log-mel",) or r["source"].startswith("random-init"):
                 continue
@@ -154,7 +186,7 @@ def _probing(results: dict) -> list[Claim]:
             claim.ours[r["source"]] = (f"{_pct(r['accuracy'])} [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}] at layer "
                                        f"{r['layer']} of {r['n_layers']} (chance {_pct(r['chance'])}"
                                        + (f"; log-mel input {_pct(base['accuracy'])}" if base else "") + ")")
-            claim.holds[r["source"]] = r["ci_low"] > r["chance"]
+            claim.estimates[r["source"]], claim.null[r["source"]] = _accuracy(r), r["chance"]
             depths.setdefault(r["source"], []).append((task, r["layer"], r["n_layers"]))
         claims.append(claim)
     late = Claim("Linear probes on the encoder", "Probe accuracy peaks late in the encoder",
@@ -172,7 +204,8 @@ def _hallucinations(results: dict) -> list[Claim]:
     probe = Claim("Predicting hallucinations", "A linear probe on the decoder residual stream separates good from "
                   "bad transcripts", "93.4 % at decoder layer 22 of 32",
                   "the best decoder probe's 95 % interval lies above chance", RESULT_FILES["predicting_hallucinations"],
-                  note="our good/bad label is confounded with the input condition; see the chapter")
+                  note="our good/bad label is confounded with the input condition; see the chapter",
+                  reported_value=0.934)
     for model, rows in _by_model(results["good_vs_bad"]).items():
         decoder = [r for r in rows if r["source"] != "log-mel input"]
         best = max(decoder, key=lambda r: r["accuracy"])
@@ -180,7 +213,7 @@ def _hallucinations(results: dict) -> list[Claim]:
         probe.ours[model] = (f"{_pct(best['accuracy'])} [{_pct(best['ci_low'])}, {_pct(best['ci_high'])}] "
                              f"({best['source']}, layer {best['layer']} of {best['n_layers']})"
                              + (f"; log-mel input {_pct(mel['accuracy'])}" if mel else ""))
-        probe.holds[model] = best["ci_low"] > best["chance"]
+        probe.estimates[model], probe.null[model] = _accuracy(best), best["chance"]
     speech = Claim("Predicting hallucinations", "Speech and non-speech inputs are linearly separable in the decoder",
                    "reported by one summary, no number", "the probe's 95 % interval lies above chance",
                    RESULT_FILES["predicting_hallucinations"])
@@ -189,7 +222,7 @@ def _hallucinations(results: dict) -> list[Claim]:
         speech.ours[model] = (f"{_pct(r['accuracy'])} [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}] at layer "
                               f"{r['layer']} ({r['source']}); on confidently transcribed non-speech "
                               f"{_pct(entry['confident_nonspeech_accuracy'])}")
-        speech.holds[model] = r["ci_low"] > r["chance"]
+        speech.estimates[model], speech.null[model] = _accuracy(r), r["chance"]
     return [probe, speech]
 
 
@@ -197,10 +230,13 @@ def _repetition(results: dict) -> list[Claim]:
     chapter = RESULT_FILES["repetition_hallucinations"]
     layer = Claim("Repetition hallucinations", "Patching a late decoder layer's cross-attention with its white-noise "
                   "value resolves repetition loops", "layer 23 of 32: 76 % of loops",
-                  "the best single component is a cross-attention output and resolves at least half the loops",
-                  chapter, note="'stub': the patched transcript has two words or fewer")
+                  "the best single component is a cross-attention output, and the Wilson interval of the share of "
+                  "loops resolved lies above 0 (cross-fitted: chosen on half the loops, counted on the other half)",
+                  chapter, note="'stub': the patched transcript has two words or fewer", reported_value=0.76)
     head = Claim("Repetition hallucinations", "A single cross-attention head resolves many loops",
-                 "layer 18, head 13: about 78 %", "the best head resolves at least half the loops", chapter)
+                 "layer 18, head 13: about 78 %", "the Wilson interval of the share of loops the best head resolves "
+                 "lies above 0 (cross-fitted: chosen on half the loops, counted on the other half)", chapter,
+                 reported_value=0.78)
     combo = Claim("Repetition hallucinations", "Combining the layer and the head resolves more",
                   "about 89 %", "the best combination resolves more loops than the best single head", chapter)
     clean = Claim("Repetition hallucinations", "The best component's patch leaves clean speech intact",
@@ -211,11 +247,25 @@ def _repetition(results: dict) -> list[Claim]:
                 c.ours[model], c.holds[model] = "no loops found", None
             continue
         comp, h, both = r["best_component"], r["best_head"], r["best_combination"]
-        layer.ours[model] = (f"`{comp['target']}`: {_pct(comp['resolved'])} of {r['loops']} loops (stub "
-                             f"{_pct(comp['stub'])})")
-        layer.holds[model] = comp["target"].endswith("cross_attn_out") and comp["resolved"] >= 0.5
-        head.ours[model] = f"`{h['target']}`: {_pct(h['resolved'])} (stub {_pct(h['stub'])})"
-        head.holds[model] = h["resolved"] >= 0.5
+        # cross-fitted (chosen on half the loops, counted on the other half) where the chapter saved it; else the
+        # share read off the loops that chose the target, which is optimistic
+        fitted = r.get("crossfit", {})
+        resolved = {k: (stats.proportion(fitted[kind]["resolved"], fitted[kind]["loops"]) if kind in fitted
+                        else stats.proportion(round(v["resolved"] * r["loops"]), r["loops"]))
+                    for k, kind, v in (("layer", "component", comp), ("head", "head", h))}
+        how = {k: "cross-fitted" if kind in fitted else "in sample" for k, kind in (("layer", "component"),
+                                                                                    ("head", "head"))}
+        layer.ours[model] = (f"`{comp['target']}`: {_pct(comp['resolved'])} of {r['loops']} loops in sample; "
+                             f"{_pct(resolved['layer'].value)} [{_pct(resolved['layer'].low)}, "
+                             f"{_pct(resolved['layer'].high)}] {how['layer']} (stub {_pct(comp['stub'])})")
+        if comp["target"].endswith("cross_attn_out"):
+            layer.estimates[model], layer.null[model] = resolved["layer"], 0.0
+        else:
+            layer.holds[model] = False  # the best component is not a cross-attention output
+        head.ours[model] = (f"`{h['target']}`: {_pct(h['resolved'])} in sample; {_pct(resolved['head'].value)} "
+                            f"[{_pct(resolved['head'].low)}, {_pct(resolved['head'].high)}] {how['head']} (stub "
+                            f"{_pct(h['stub'])})")
+        head.estimates[model], head.null[model] = resolved["head"], 0.0
         combo.ours[model] = f"{both['target']}: {_pct(both['resolved'])} (stub {_pct(both['stub'])})"
         combo.holds[model] = both["resolved"] > h["resolved"]
         wer = r["clean_wer"]
@@ -231,11 +281,24 @@ def _semantic_bias(results: dict) -> list[Claim]:
                   "the best encoder patch raises the mean logit difference (spoken - expected word) and flips more "
                   "clips to the spoken word than away from it", RESULT_FILES["semantic_bias"],
                   note="our own context-bias stimuli read by TTS voices; the paper's are not public")
+    crossfit = results.get("crossfit", {})
+    if crossfit:
+        claim.rule = ("the best encoder patch, chosen on half the sentences and measured on the other half, raises the "
+                      "mean logit difference (spoken - expected word): its 95 % interval (sentences resampled) lies "
+                      "above 0")
     for model, rows in results["sweep"].items():
         best = max(rows, key=lambda r: r["mean change"])
         claim.ours[model] = (f"best `{best['target']}`: mean change {best['mean change']:+.2f}; flipped "
                              f"{best['flipped to spoken']} to spoken, {best['flipped away from spoken']} away")
-        claim.holds[model] = best["mean change"] > 0 and best["flipped to spoken"] > best["flipped away from spoken"]
+        fit = crossfit.get(model)
+        if fit is None:
+            claim.holds[model] = best["mean change"] > 0 and best["flipped to spoken"] > best["flipped away from spoken"]
+            continue
+        claim.estimates[model] = stats.Estimate(fit["mean_change"], fit["ci_low"], fit["ci_high"], fit["n_sentences"],
+                                                "cross-fitted, bootstrap over sentences")
+        claim.null[model], claim.scale = 0.0, "change in logit difference"
+        claim.ours[model] += (f"; cross-fitted {fit['mean_change']:+.2f} [{fit['ci_low']:+.2f}, "
+                              f"{fit['ci_high']:+.2f}]")
     return [claim]
 
 
@@ -267,8 +330,25 @@ def claims_frame(claims: list[Claim], models: list[str] | None = None):
 
     models = models or sorted({m for c in claims for m in c.ours}, key=lambda m: (m != "tiny.en", m))
     return pd.DataFrame([{"section": c.section, "claim": c.claim, "reported (large-v3, by summaries)": c.reported,
-                          **{m: c.ours.get(m) or "not run" for m in models}, "verdict": c.verdict, "rule": c.rule,
-                          "note": c.note, "chapter": c.chapter} for c in claims])
+                          **{m: c.ours.get(m) or "not run" for m in models}, "verdict": c.verdict,
+                          "verdict from": ("intervals" if c.from_interval else
+                                           "" if c.verdict == NOT_TESTABLE else "point values"),
+                          "rule": c.rule, "note": c.note, "chapter": c.chapter} for c in claims])
+
+
+def forest_frame(claims: list[Claim]):
+    """The claims judged by intervals, long (one row per claim and model), for
+    :func:`asrinterp_utils.plotting.forest`: ``claim, model, value, low, high, null, verdict, reported, scale``, on
+    the claim's own ``scale`` (a probe's accuracy or a share of loops resolved; a change in logit difference), with
+    its ``null`` (chance, or 0) and the paper's ``reported`` value (NaN when it gave none)."""
+    import pandas as pd
+
+    columns = ["claim", "model", "value", "low", "high", "null", "verdict", "reported", "scale"]
+    rows = [{"claim": c.claim, "model": model, "value": est.value, "low": est.low, "high": est.high,
+             "null": c.null.get(model, 0.0), "verdict": c.model_verdict(model),
+             "reported": c.reported_value if c.reported_value is not None else float("nan"), "scale": c.scale}
+            for c in claims for model, est in c.estimates.items()]
+    return pd.DataFrame(rows, columns=columns)
 
 
 # ---------------------------------------------------------------------------------------------------------------

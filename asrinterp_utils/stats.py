@@ -11,6 +11,8 @@ Every headline number in the book carries an interval, chosen by what the number
   pairs, :func:`mcnemar`;
 - how stable a choice is (which head, layer or component is best): the share of bootstrap resamples in which each
   candidate wins, :func:`selection_stability`;
+- the effect of "the best" candidate without the optimism of choosing it on the same items: cross-fitting,
+  :func:`cross_fitted_best` (chosen on some items, measured on the others, every item measured once);
 - a verdict that respects the interval, :func:`verdict`: "supported" only when the interval excludes the null.
 
 >>> print(proportion(6, 7))
@@ -27,8 +29,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _scipy_stats
 
-__all__ = ["Estimate", "McNemar", "proportion", "bootstrap_mean", "grouped_resample_means", "paired_difference", "mcnemar",
-           "selection_stability", "verdict", "VERDICTS", "CONFIDENCE", "N_RESAMPLES"]
+__all__ = ["Estimate", "McNemar", "CrossFit", "proportion", "bootstrap_mean", "grouped_resample_means",
+           "paired_difference", "mcnemar", "selection_stability", "cross_fitted_best", "verdict", "VERDICTS",
+           "CONFIDENCE", "N_RESAMPLES"]
 
 CONFIDENCE = 0.95
 """The confidence level of every interval in the book."""
@@ -159,24 +162,77 @@ def mcnemar(first: Any, second: Any) -> McNemar:
     return McNemar(only_first, only_second, p)
 
 
+def _scores_matrix(scores: Any, what: str) -> tuple[list | None, np.ndarray]:
+    """``scores (items, candidates)`` as float64, checked, and the candidates' names (a DataFrame's columns)."""
+    names = list(scores.columns) if isinstance(scores, pd.DataFrame) else None
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 2 or s.shape[0] == 0 or s.shape[1] == 0:
+        raise ValueError(f"{what}: scores must be (items, candidates); got shape {s.shape}")
+    if not np.isfinite(s).all():
+        raise ValueError(f"{what}: scores must be finite")
+    return names, s
+
+
 def selection_stability(scores: Any, *, groups: Any = None, n_resamples: int = N_RESAMPLES, seed: int = 0,
                         higher_is_better: bool = True) -> pd.Series:
     """How often each candidate is the best under resampling: ``scores`` is ``(items, candidates)`` (a DataFrame
     names the candidates by its columns), the best candidate has the highest mean score over the items (lowest with
     ``higher_is_better=False``); items, or their ``groups``, are resampled with replacement. Returns the share of
     resamples each candidate wins, largest first (ties go to the first candidate)."""
-    names = list(scores.columns) if isinstance(scores, pd.DataFrame) else None
-    s = np.asarray(scores, dtype=np.float64)
-    if s.ndim != 2 or s.shape[0] == 0 or s.shape[1] == 0:
-        raise ValueError(f"selection_stability: scores must be (items, candidates); got shape {s.shape}")
-    if not np.isfinite(s).all():
-        raise ValueError("selection_stability: scores must be finite")
+    names, s = _scores_matrix(scores, "selection_stability")
     _, g = _values_and_groups(s[:, 0], groups, "selection_stability")
     means = grouped_resample_means(s, g, n_resamples, seed)                                       # (resamples, cand.)
     winners = (means if higher_is_better else -means).argmax(axis=1)
     share = np.bincount(winners, minlength=s.shape[1]) / len(winners)
     return pd.Series(share, index=names if names is not None else range(s.shape[1]),
                      name="share of resamples won").sort_values(ascending=False, kind="stable")
+
+
+@dataclass(frozen=True)
+class CrossFit:
+    """The best candidate chosen on some items and measured on others (:func:`cross_fitted_best`).
+
+    ``values (items,)``: each item's score under the candidate chosen *without* it; ``chosen``: that candidate,
+    per item; ``fold (items,)``: the item's fold; ``best_overall``: the candidate that the whole set would choose
+    (what a chapter names as "the best"), and ``agreement``: the share of folds that chose it too."""
+
+    values: np.ndarray
+    chosen: list
+    fold: np.ndarray
+    best_overall: Any
+    agreement: float
+
+
+def cross_fitted_best(scores: Any, *, groups: Any = None, n_folds: int = 2, seed: int = 0,
+                      higher_is_better: bool = True) -> CrossFit:
+    """Choose the best candidate on some items and measure it on the others, so that its effect is not read off the
+    items that chose it (which biases it upward: with many candidates, one wins on noise).
+
+    ``scores (items, candidates)`` (a DataFrame names the candidates by its columns). Items, or whole ``groups`` of
+    them (all clips of a source together), are dealt into ``n_folds`` folds at random (``seed``); for each fold the
+    candidate with the best mean score on the *other* folds is chosen and its scores on this fold's items are kept.
+    Every item is measured once, by a choice it took no part in: give :attr:`CrossFit.values` to
+    :func:`bootstrap_mean` (or count them with :func:`proportion` for yes/no scores)."""
+    names, s = _scores_matrix(scores, "cross_fitted_best")
+    _, g = _values_and_groups(s[:, 0], groups, "cross_fitted_best")
+    n_groups = int(g.max()) + 1
+    if int(n_folds) != n_folds or not 2 <= n_folds <= n_groups:
+        raise ValueError(f"cross_fitted_best: n_folds must be a whole number from 2 to the number of "
+                         f"{'groups' if groups is not None else 'items'} ({n_groups}); got {n_folds}")
+    sign = 1.0 if higher_is_better else -1.0
+    group_fold = np.random.default_rng(seed).permutation(n_groups) % int(n_folds)
+    fold = group_fold[g]
+    label = (lambda j: names[j]) if names is not None else (lambda j: int(j))
+    overall = int((sign * s.mean(axis=0)).argmax())
+    values, chosen, agree = np.empty(len(s)), [None] * len(s), 0
+    for k in range(int(n_folds)):
+        inside, outside = fold == k, fold != k
+        best = int((sign * s[outside].mean(axis=0)).argmax())
+        agree += best == overall
+        values[inside] = s[inside, best]
+        for i in np.flatnonzero(inside):
+            chosen[i] = label(best)
+    return CrossFit(values, chosen, fold, label(overall), agree / int(n_folds))
 
 
 def verdict(estimate: Estimate, *, null: float = 0.0, reported: float | None = None, direction: int = 1) -> str:

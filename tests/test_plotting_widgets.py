@@ -91,3 +91,7 @@ def test_forest_plot_draws_each_claim_model_and_reported_value():
     assert {t.get_text() for t in ax.get_legend().get_texts()} == {"tiny.en", "base", "reported by the paper"}
     with pytest.raises(ValueError, match="no column"):
         plotting.forest(table.drop(columns=["low"]))
+    per_claim = plotting.forest(table.assign(null=[0.0, 0.0, 0.5]), null="null")  # a null of each claim's own
+    assert "no effect (chance, or none resolved)" in {t.get_text() for t in per_claim.get_legend().get_texts()}
+    with pytest.raises(ValueError, match="null='chance' is not a column"):
+        plotting.forest(table, null="chance")

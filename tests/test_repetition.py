@@ -47,3 +47,6 @@ def test_loop_resolution_counts_per_target():
     assert table.loc["b", "resolved"] == 0.5 and table.loc["b", "empty"] == 0.5
     assert table.loc["a", "wer"] < table.loc["a", "baseline_wer"]
     assert list(table.index) == ["a", "b"]
+    per_clip = repetition.resolved_by_clip(sweep)  # clips x targets, the table's resolved column per clip
+    assert per_clip.to_dict("list") == {"a": [True, False], "b": [False, True]}
+    assert list(per_clip.mean()) == list(table.resolved)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from asrinterp_utils import reports
+from asrinterp_utils import reports, stats
 
 FIXTURE = Path(__file__).parent / "data" / "results_fast"
 
@@ -37,6 +37,7 @@ def test_verdicts_follow_the_numbers(results):
     changed = copy.deepcopy(results)
     for row in changed["semantic_bias"]["sweep"]["tiny.en"]:
         row.update({"mean change": 0.5, "flipped to spoken": 3, "flipped away from spoken": 0})
+    changed["semantic_bias"]["crossfit"]["tiny.en"].update(mean_change=0.5, ci_low=0.1, ci_high=0.9)
     before = {c.claim: c.verdict for c in reports.reproduction_claims(results)}
     after = {c.claim: c.verdict for c in reports.reproduction_claims(changed)}
     claim = next(k for k in before if k.startswith("White-noise patches of encoder"))
@@ -45,8 +46,41 @@ def test_verdicts_follow_the_numbers(results):
 
 def test_mixed_verdict_names_the_models():
     claim = reports.Claim("s", "c", "r", "rule", "chapters/x", holds={"tiny.en": True, "base": False})
-    assert claim.verdict == "mixed (tiny.en: yes, base: no)"
+    assert claim.verdict == "mixed (tiny.en: supported, base: not supported)"
+    assert not claim.from_interval
     assert reports.Claim("s", "c", "r", "rule", "x", holds={"tiny.en": None}).verdict == reports.NOT_TESTABLE
+
+
+def test_verdicts_from_intervals_respect_them():
+    """Supported only when the interval clears the null; inconclusive when it does not but holds the paper's value;
+    not supported when it excludes both the null's far side and the paper's value."""
+    def claim(low, high, reported=0.9):
+        return reports.Claim("s", "c", "r", "rule", "x", reported_value=reported, null={"m": 0.5},
+                             estimates={"m": stats.Estimate((low + high) / 2, low, high, n=40, method="test")})
+    assert claim(0.55, 0.8).verdict == reports.SUPPORTED and claim(0.55, 0.8).from_interval
+    assert claim(0.45, 0.95).verdict == reports.INCONCLUSIVE  # holds the null and the reported 0.9
+    assert claim(0.3, 0.6).verdict == reports.NOT_SUPPORTED  # holds the null, excludes the reported 0.9
+    assert claim(0.3, 0.6, reported=None).verdict == reports.INCONCLUSIVE  # nothing reported to exclude
+
+
+def test_interval_claims_from_saved_results_and_their_forest(results):
+    claims = reports.reproduction_claims(results)
+    judged = [c for c in claims if c.estimates]
+    assert {c.section for c in judged} >= {"Linear probes on the encoder", "Predicting hallucinations",
+                                           "Repetition hallucinations"}
+    for c in judged:
+        for model, est in c.estimates.items():
+            assert est.low <= est.value <= est.high and model in c.ours
+    loops = next(c for c in claims if c.claim.startswith("A single cross-attention head"))
+    saved = results["repetition_hallucinations"]["tiny.en"]
+    assert loops.estimates["tiny.en"].n == saved["loops"]  # a Wilson interval over the loops patched
+    forest = reports.forest_frame(claims)
+    assert len(forest) == sum(len(c.estimates) for c in claims)
+    assert (forest.low <= forest.value).all() and (forest.value <= forest.high).all()
+    gender = forest[forest.claim.str.contains("gender")].iloc[0]  # judged against chance
+    row = next(r for r in results["probing_encoder"]["best_layers"] if r["task"] == "gender"
+               and r["source"] == gender.model)
+    assert (gender.value, gender.null, gender.reported) == (row["accuracy"], row["chance"], 0.946)
 
 
 def test_missing_results_say_which_chapter_to_run(tmp_path):
@@ -96,3 +130,28 @@ def test_chapter_times_from_the_execution_cache(tmp_path):
     assert list(times.page) == ["chapters/01_a", "reports/performance"]
     assert list(times.seconds) == [7.0, 1.0]  # the latest run of each page
     assert reports.chapter_times(tmp_path / "none.db").empty
+
+
+def test_semantic_bias_is_judged_by_its_cross_fitted_interval_when_saved(results):
+    saved = copy.deepcopy(results)
+    saved["semantic_bias"]["crossfit"] = {m: {"best": "enc.1.mlp_out", "mean_change": 0.8, "ci_low": 0.2,
+                                              "ci_high": 1.4, "n_sentences": 10} for m in saved["semantic_bias"]["sweep"]}
+    claim = next(c for c in reports.reproduction_claims(saved) if c.section == "Semantic bias in the encoder")
+    assert claim.from_interval and claim.verdict == reports.SUPPORTED and "cross-fitted +0.80" in claim.ours["tiny.en"]
+    for fit in saved["semantic_bias"]["crossfit"].values():
+        fit.update(ci_low=-0.5)
+    claim = next(c for c in reports.reproduction_claims(saved) if c.section == "Semantic bias in the encoder")
+    assert claim.verdict == reports.INCONCLUSIVE  # the paper gave no number: the interval cannot exclude it
+    forest = reports.forest_frame([claim])
+    assert set(forest.scale) == {"change in logit difference"} and (forest.null == 0).all()
+
+
+def test_loops_resolved_are_judged_cross_fitted_when_saved(results):
+    saved = copy.deepcopy(results)
+    for r in saved["repetition_hallucinations"].values():
+        if r.get("loops"):
+            r["crossfit"] = {"head": {"target": r["best_head"]["target"], "resolved": 0, "loops": r["loops"]}}
+    head = next(c for c in reports.reproduction_claims(saved) if c.claim.startswith("A single cross-attention head"))
+    for model, est in head.estimates.items():
+        assert est.successes == 0 and "cross-fitted" in head.ours[model]
+    assert head.verdict == reports.NOT_SUPPORTED  # 0 of n: the interval excludes the paper's 78 %
