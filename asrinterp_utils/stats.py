@@ -66,8 +66,18 @@ class Estimate:
         return f"{self.value:.2f} [{self.low:.2f}, {self.high:.2f}] ({counted}{self.method})"
 
 
+def _check_confidence(confidence: Any, what: str) -> None:
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
+        raise ValueError(f"{what}: confidence is a level between 0 and 1 (0.95 for a 95 % interval); got "
+                         f"{confidence!r}")
+
+
 def proportion(successes: int, n: int, *, confidence: float = CONFIDENCE) -> Estimate:
     """``successes`` of ``n`` with Wilson's score interval (``scipy.stats.binomtest(...).proportion_ci``)."""
+    if any(isinstance(x, bool) or int(x) != x for x in (successes, n)):
+        raise ValueError(f"proportion: successes and n are counts (whole numbers); got {successes!r} of {n!r}. For a "
+                         "share, pass the count of items and the number of items")
+    _check_confidence(confidence, "proportion")
     successes, n = int(successes), int(n)
     if n < 1:
         raise ValueError(f"proportion: n must be at least 1 (no items, no proportion); got {n}")
@@ -116,6 +126,7 @@ def bootstrap_mean(values: Any, *, groups: Any = None, n_resamples: int = N_RESA
     units resampled. A constant gives a zero-width interval at the constant.
     """
     x, g = _values_and_groups(values, groups, "bootstrap_mean")
+    _check_confidence(confidence, "bootstrap_mean")
     if int(n_resamples) < 1:
         raise ValueError(f"bootstrap_mean: n_resamples must be at least 1; got {n_resamples}")
     n_groups = int(g.max()) + 1

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from asrinterp_utils import audio, extract, hooks, lens, metrics, patching, probes, run
+from asrinterp_utils import audio, extract, hooks, lens, metrics, patching, probes, run, stats
 from asrinterp_utils.audio import AudioError
 from asrinterp_utils.cache import CachePassError, cache_activations
 from asrinterp_utils.data import bank
@@ -282,6 +282,19 @@ CASES = [
      ValueError, "1 references but 2 hypotheses"),
     ("metrics: WER of more hypotheses than references", lambda: metrics.clip_wers(["a"], ["a", "b"]), ValueError,
      "1 references but 2 hypotheses"),
+    # statistics
+    ("stats: a share given where a count is due", lambda: stats.proportion(2.7, 10), ValueError,
+     "counts \\(whole numbers\\)"),
+    ("stats: a confidence given in percent", lambda: stats.proportion(3, 10, confidence=95), ValueError,
+     "between 0 and 1"),
+    ("stats: a bootstrap's confidence given in percent", lambda: stats.bootstrap_mean([1.0, 2.0], confidence=95),
+     ValueError, "between 0 and 1"),
+    ("stats: groups of another length than the values", lambda: stats.bootstrap_mean([1.0, 2.0, 3.0], groups=[0, 1]),
+     ValueError, "groups has 2 entries for 3 values"),
+    ("stats: more folds than groups", lambda: stats.cross_fitted_best(np.ones((4, 2)), n_folds=5), ValueError,
+     "n_folds must be .* \\(4\\)"),
+    ("stats: a paired comparison of different items", lambda: stats.paired_difference([1, 2], [1]), ValueError,
+     "a has 2 items and b 1"),
 ]
 
 
