@@ -97,10 +97,13 @@ $(PY): | system-deps
 
 # Reinstalled when pyproject.toml changes. A torch already in .venv that satisfies the pin is kept (GPU users
 # install their CUDA build first; see book/how_to_run.md). The filter only drops pip's notes about empty local
-# index folders; errors and warnings still show.
+# index folders; errors and warnings still show. pip compiles the installed modules one at a time; compileall
+# does the same work on every core (94 s -> 79 s for the whole step on a 2-core machine). Like pip, it skips the
+# few files of the dependencies that do not compile (their test data), hence the `|| true`.
 $(STAMP_PIP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet --disable-pip-version-check --progress-bar off -e '.[test,book]' 2>&1 \
+	$(PY) -m pip install --quiet --no-compile --disable-pip-version-check --progress-bar off -e '.[test,book]' 2>&1 \
 	    | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+	$(PY) -m compileall -j 0 -qq "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" || true
 	@touch $@
 
 $(STAMP_NPM): package.json package-lock.json | system-deps
