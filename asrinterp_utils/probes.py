@@ -69,7 +69,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from .stats import grouped_resample_means
+from .stats import bootstrap_mean, cross_fitted_best, grouped_resample_means
 
 DEFAULT_CS = (0.01, 0.1, 1, 10)
 """The regularisation strengths searched in each training fold (ties go to the first, so keep them ascending and the
@@ -642,7 +642,11 @@ class ProbeSweep:
             :func:`probe_layers`), with its speaker-bootstrap interval ``ci_low, ci_high``; the fold accuracies'
             ``fold_mean`` and ``fold_std``; ``chance``; the shuffled-label control's pooled ``control_accuracy``
             (NaN without controls); ``selectivity`` (accuracy minus control); ``is_best``, the layer with the
-            highest ``accuracy`` (the earliest among ties).
+            highest ``accuracy`` (the earliest among ties); ``crossfit_accuracy`` with ``crossfit_low,
+            crossfit_high``, the same for every row of a source: the accuracy of the best layer when it is chosen
+            on half the speakers and scored on the other half, and the other way round
+            (:func:`~asrinterp_utils.stats.cross_fitted_best` on the out-of-fold predictions; the interval
+            resamples speakers), free of the optimism of choosing the layer on the clips that score it.
         results: ``{source: ProbeResult}``.
         controls: ``{source: ProbeResult}`` of the shuffled-label control (empty without controls).
     """
@@ -713,6 +717,14 @@ def probe_sources(sources: dict, labels: Any, groups: Any, *, shuffled_control: 
         table.insert(2, "n_layers", n_layers)
         table.insert(3, "depth", [normalised_depth(layer, n_layers) for layer in table["layer"]])
         table["is_best"] = table["layer"] == best_layer(table)
+        correct = (result.predictions == result.labels[None, :]).T.astype(np.float64)  # (n_samples, n_layers)
+        if len(np.unique(groups)) >= 2:
+            fitted = cross_fitted_best(correct, groups=groups, seed=seed).values
+            estimate = bootstrap_mean(fitted, groups=groups, n_resamples=max(int(n_bootstrap), 1), seed=seed)
+            table["crossfit_accuracy"], table["crossfit_low"], table["crossfit_high"] = (
+                estimate.value, estimate.low, estimate.high)
+        else:
+            table["crossfit_accuracy"] = table["crossfit_low"] = table["crossfit_high"] = np.nan
         frames.append(table)
     return ProbeSweep(table=pd.concat(frames, ignore_index=True), results=results, controls=controls)
 

@@ -270,6 +270,12 @@ def test_probe_sources_scores_every_source_on_the_same_splits_with_controls():
     assert model_best.loc["baseline", "depth"] == 0.0
     assert model_best.loc["model", "selectivity"] > 0.3      # the planted layer beats its shuffled control
     assert abs(model_best.loc["baseline", "accuracy"] - 0.5) < 0.2   # pure noise: near chance
+    # the best layer chosen on other speakers: the planted layer wins anyway, so nothing is lost; on one layer of
+    # noise there is no choice to make, so the cross-fitted accuracy is the accuracy
+    model = model_best.loc["model"]
+    assert model.crossfit_low <= model.crossfit_accuracy <= model.crossfit_high
+    assert model.crossfit_accuracy == pytest.approx(model.accuracy)
+    assert model_best.loc["baseline", "crossfit_accuracy"] == pytest.approx(model_best.loc["baseline", "accuracy"])
     for a, b in zip(sweep.results["model"].splits, sweep.controls["baseline"].splits):
         np.testing.assert_array_equal(a.test, b.test)   # one set of held-out speakers for all
     top, predictions = sweep.top()
