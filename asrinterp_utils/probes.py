@@ -143,6 +143,11 @@ class ProbeResult:
         return len(self.table)
 
     @property
+    def correct(self) -> np.ndarray:
+        """``(n_layers, n_samples)`` booleans: whether each out-of-fold prediction is right."""
+        return self.predictions == self.labels[None, :]
+
+    @property
     def fold_of_sample(self) -> np.ndarray:
         """``(n_samples,)`` the outer fold in which each clip was a test clip."""
         fold = np.empty(len(self.labels), dtype=int)
@@ -161,7 +166,7 @@ class ProbeResult:
             "group": np.tile(self.groups, n_layers),
             "label": np.tile(self.labels, n_layers),
             "predicted": self.predictions.ravel(),
-            "correct": (self.predictions == self.labels).ravel(),
+            "correct": self.correct.ravel(),
         })
 
     def confusion_frame(self, layer: int) -> pd.DataFrame:
@@ -717,14 +722,13 @@ def probe_sources(sources: dict, labels: Any, groups: Any, *, shuffled_control: 
         table.insert(2, "n_layers", n_layers)
         table.insert(3, "depth", [normalised_depth(layer, n_layers) for layer in table["layer"]])
         table["is_best"] = table["layer"] == best_layer(table)
-        correct = (result.predictions == result.labels[None, :]).T.astype(np.float64)  # (n_samples, n_layers)
-        if len(np.unique(groups)) >= 2:
-            fitted = cross_fitted_best(correct, groups=groups, seed=seed).values
-            estimate = bootstrap_mean(fitted, groups=groups, n_resamples=max(int(n_bootstrap), 1), seed=seed)
-            table["crossfit_accuracy"], table["crossfit_low"], table["crossfit_high"] = (
-                estimate.value, estimate.low, estimate.high)
-        else:
-            table["crossfit_accuracy"] = table["crossfit_low"] = table["crossfit_high"] = np.nan
+        # grouped_splits has checked that there are speakers to deal into two folds
+        fitted = cross_fitted_best(result.correct.T, groups=groups, seed=seed).values      # (n_samples,)
+        table["crossfit_accuracy"] = fitted.mean()
+        table["crossfit_low"] = table["crossfit_high"] = np.nan  # n_bootstrap=0: no interval, as for the accuracy
+        if n_bootstrap > 0:
+            estimate = bootstrap_mean(fitted, groups=groups, n_resamples=n_bootstrap, seed=seed)
+            table["crossfit_low"], table["crossfit_high"] = estimate.low, estimate.high
         frames.append(table)
     return ProbeSweep(table=pd.concat(frames, ignore_index=True), results=results, controls=controls)
 

@@ -172,10 +172,16 @@ def resolved_by_clip(sweep: Any) -> pd.DataFrame:
     and targets: resolved means the patched transcript is no longer a loop and ends before the token limit, as in
     :func:`loop_resolution` (whose ``resolved`` column is this table's mean per target). The per-clip outcomes are
     what a paired or cross-fitted comparison of targets needs (:func:`asrinterp_utils.stats.cross_fitted_best`)."""
-    frame = sweep.to_frame()
-    frame["resolved"] = ~frame.loop & ~frame.hit_limit
+    frame = _with_resolution(sweep)
     table = frame.pivot(index="clip", columns="target", values="resolved")
     return table[list(dict.fromkeys(frame.target))].astype(bool)
+
+
+def _with_resolution(sweep: Any) -> pd.DataFrame:
+    """The sweep's ``to_frame()`` with ``resolved``: no longer a loop, and ended before the token limit."""
+    frame = sweep.to_frame()
+    frame["resolved"] = ~frame.loop & ~frame.hit_limit
+    return frame
 
 
 def loop_resolution(sweep: Any, references: Sequence[str] | None = None) -> pd.DataFrame:
@@ -187,8 +193,7 @@ def loop_resolution(sweep: Any, references: Sequence[str] | None = None) -> pd.D
     ``changed`` (fraction whose transcript changed at all) and, with ``references``, the
     mean WER of the patched transcripts (``wer``) beside the unpatched (``baseline_wer``). Sorted by ``resolved``.
     """
-    frame = sweep.to_frame()
-    frame["resolved"] = ~frame.loop & ~frame.hit_limit
+    frame = _with_resolution(sweep)
     frame["still_looping"] = frame.loop | frame.hit_limit
     frame["empty"] = frame["text"].str.strip() == ""
     frame["stub"] = frame["text"].map(lambda t: len(normalize_text(t).split()) <= 2)

@@ -164,8 +164,8 @@ PROBE_REPORTED = {  # attribute: (reported for large-v3 by summaries, task name 
 
 
 def _crossfitted(r: dict) -> bool:
-    value = r.get("crossfit_accuracy")
-    return value is not None and value == value  # saved and not NaN
+    """Whether the chapter saved the cross-fitted accuracy with its interval (None or NaN: it did not)."""
+    return all(r.get(k) is not None and r[k] == r[k] for k in ("crossfit_accuracy", "crossfit_low", "crossfit_high"))
 
 
 def _accuracy(r: dict) -> stats.Estimate:
@@ -262,25 +262,26 @@ def _repetition(results: dict) -> list[Claim]:
                 c.ours[model], c.holds[model] = "no loops found", None
             continue
         comp, h, both = r["best_component"], r["best_head"], r["best_combination"]
-        # cross-fitted (chosen on half the loops, counted on the other half) where the chapter saved it; else the
-        # share read off the loops that chose the target, which is optimistic
         fitted = r.get("crossfit", {})
-        resolved = {k: (stats.proportion(fitted[kind]["resolved"], fitted[kind]["loops"]) if kind in fitted
-                        else stats.proportion(round(v["resolved"] * r["loops"]), r["loops"]))
-                    for k, kind, v in (("layer", "component", comp), ("head", "head", h))}
-        how = {k: "cross-fitted" if kind in fitted else "in sample" for k, kind in (("layer", "component"),
-                                                                                    ("head", "head"))}
+
+        def resolved(kind: str, best: dict) -> tuple[stats.Estimate, str]:
+            """Cross-fitted (chosen on half the loops, counted on the other half) where the chapter saved it; else
+            the share read off the loops that chose the target, which is optimistic."""
+            if kind in fitted:
+                return stats.proportion(fitted[kind]["resolved"], fitted[kind]["loops"]), "cross-fitted"
+            return stats.proportion(round(best["resolved"] * r["loops"]), r["loops"]), "in sample"
+
+        (comp_est, comp_how), (head_est, head_how) = resolved("component", comp), resolved("head", h)
         layer.ours[model] = (f"`{comp['target']}`: {_pct(comp['resolved'])} of {r['loops']} loops in sample; "
-                             f"{_pct(resolved['layer'].value)} [{_pct(resolved['layer'].low)}, "
-                             f"{_pct(resolved['layer'].high)}] {how['layer']} (stub {_pct(comp['stub'])})")
+                             f"{_pct(comp_est.value)} [{_pct(comp_est.low)}, {_pct(comp_est.high)}] {comp_how} "
+                             f"(stub {_pct(comp['stub'])})")
         if comp["target"].endswith("cross_attn_out"):
-            layer.estimates[model], layer.null[model] = resolved["layer"], 0.0
+            layer.estimates[model], layer.null[model] = comp_est, 0.0
         else:
             layer.holds[model] = False  # the best component is not a cross-attention output
-        head.ours[model] = (f"`{h['target']}`: {_pct(h['resolved'])} in sample; {_pct(resolved['head'].value)} "
-                            f"[{_pct(resolved['head'].low)}, {_pct(resolved['head'].high)}] {how['head']} (stub "
-                            f"{_pct(h['stub'])})")
-        head.estimates[model], head.null[model] = resolved["head"], 0.0
+        head.ours[model] = (f"`{h['target']}`: {_pct(h['resolved'])} in sample; {_pct(head_est.value)} "
+                            f"[{_pct(head_est.low)}, {_pct(head_est.high)}] {head_how} (stub {_pct(h['stub'])})")
+        head.estimates[model], head.null[model] = head_est, 0.0
         combo.ours[model] = f"{both['target']}: {_pct(both['resolved'])} (stub {_pct(both['stub'])})"
         combo.holds[model] = both["resolved"] > h["resolved"]
         wer = r["clean_wer"]
