@@ -21,6 +21,10 @@ BUILD_FLAGS := -W -n --keep-going --all
 FAST_OUT := _build/fast
 PYTEST_ARGS ?=
 TESTS ?= tests
+# make test runs pytest in this many worker processes (pytest-xdist), a test file per worker at a time: the
+# chapters (one file, run in order, in Jupyter kernels of two threads) in one, the unit and integration tests (one
+# thread each: tests/conftest.py) beside them. PYTEST_WORKERS=0 runs everything in one process.
+PYTEST_WORKERS ?= 2
 
 # Debian packages the chapters use: audio decoding (ffmpeg, sox) and the offline speech bank (Asterisk prompts,
 # PocketSphinx test recordings, espeak-ng and flite voices).
@@ -116,7 +120,7 @@ $(STAMP_VENDOR): $(STAMP_NPM) scripts/vendor_js.py
 
 # pytest exit status 5 means it collected no tests: a failure here, said out loud.
 test: setup
-	@rc=0; ASRINTERP_FAST=1 $(PY) -m pytest --durations=15 $(PYTEST_ARGS) $(TESTS) || rc=$$?; \
+	@rc=0; ASRINTERP_FAST=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS) $(TESTS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5); treating that as a failure" >&2; fi; \
 	exit $$rc
 

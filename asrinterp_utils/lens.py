@@ -113,17 +113,30 @@ def logit_lens(model: Any, input_features: torch.Tensor | None, decoder_input_id
     if len(encoder_states) != len(decoder_input_ids):
         raise ValueError(f"{len(encoder_states)} clips of audio but {len(decoder_input_ids)} rows of "
                          "decoder_input_ids: give one row of token ids per clip")
+    return _teacher_forced_lens(model, encoder_states, decoder_input_ids, top_k=top_k, translator=translator)
+
+
+def _teacher_forced_lens(model: Any, encoder_states: torch.Tensor, decoder_input_ids: torch.Tensor, *, top_k: int,
+                         translator: "TunedLens | None", positions: tuple[torch.Tensor, torch.Tensor] | None = None
+                         ) -> LogitLensResult:
+    """The lens of :func:`logit_lens` at every position, or, with ``positions = (rows, tokens)`` (two ``(n,)`` index
+    tensors), at those positions only, as one batch row ``(layers, 1, n)``: the unembedding, the costly part, then
+    skips the padding after short transcripts."""
     n = len(whisper_core(model).decoder.layers)
     names = ["dec.0.resid_pre"] + [f"dec.{i}.resid_post" for i in range(n)]
-    with cache_activations(model, names, device=None) as cache:
-        final_logits = run.teacher_force(model, encoder_states, decoder_input_ids)
+    with cache_activations(model, names[:-1], device=None) as cache:
+        hidden = run.teacher_force(model, encoder_states, decoder_input_ids, logits=False)  # dec.final
+
+    def at(x: torch.Tensor) -> torch.Tensor:
+        return x if positions is None else x[positions[0].to(x.device), positions[1].to(x.device)][None]
 
     def layer_logits(layer: int, name: str) -> torch.Tensor:
-        residual = cache[name]
+        residual = at(cache[name])
         if translator is not None:
             residual = translator(layer, residual.to(next(translator.parameters()).device))
         return lens_logits(model, residual)
 
+    final_logits = hf_model(model).proj_out(at(hidden))
     return lens_statistics(final_logits, [lambda l=layer, n=name: layer_logits(l, n)
                                           for layer, name in enumerate(names[:-1])], top_k=top_k)
 
@@ -345,27 +358,34 @@ def corpus_logit_lens(lm: Any, audio_list: Sequence[np.ndarray], *, batch_size: 
         batch = list(audio_list[start:start + batch_size])
         encoded = store.encoded(lm, batch)  # at most one encoder pass (none where the store has the clip)
         decoded = store.decoded(lm, batch, max_new_tokens=max_new_tokens, states=encoded.states)
-        result = logit_lens(lm, None, decoded.ids, top_k=1, translator=translator, encoder_states=encoded.states)
-        saturation = result.saturation_layer()
+        # position n_prompt - 1 + j predicts text token j: only those positions are read through the lens
+        kept = [(row, n_prompt - 1 + j) for row, text_ids in enumerate(decoded.text_ids) for j in range(len(text_ids))]
+        transcripts += [lm.tokenizer.decode(text_ids, skip_special_tokens=True).strip()
+                        for text_ids in decoded.text_ids]
+        if not kept:
+            continue
+        rows, positions = torch.tensor(kept).T
+        result = _teacher_forced_lens(lm, encoded.states, decoded.ids, top_k=1, translator=translator,
+                                      positions=(rows, positions))
+        saturation = result.saturation_layer()[0]
+        k = 0  # index of the kept position
         for row, text_ids in enumerate(decoded.text_ids):
-            clip = start + row
-            transcripts.append(lm.tokenizer.decode(text_ids, skip_special_tokens=True).strip())
             if not text_ids:
                 continue
             kinds = token_kinds(lm.tokenizer, text_ids)
             for j, token_id in enumerate(text_ids):
-                pos = n_prompt - 1 + j  # this position's prediction is text token j
                 token_row = len(token_rows)
-                token_rows.append({"clip": clip, "position": pos, "token_id": token_id, **kinds.iloc[j].to_dict(),
-                                   "saturation_layer": int(saturation[row, pos])})
+                token_rows.append({"clip": start + row, "position": n_prompt - 1 + j, "token_id": token_id,
+                                   **kinds.iloc[j].to_dict(), "saturation_layer": int(saturation[k])})
                 for layer in range(result.n_layers):
                     layer_rows.append({"token_row": token_row, "layer": layer,
-                                       "top1_agreement": bool(result.agrees[layer, row, pos]),
-                                       "kl_to_final": float(result.kl[layer, row, pos]),
-                                       "final_token_prob": float(result.final_prob[layer, row, pos]),
-                                       "final_token_rank": int(result.final_rank[layer, row, pos]),
-                                       "entropy": float(result.entropy[layer, row, pos]),
-                                       "lens_token": int(result.top_ids[layer, row, pos, 0])})
+                                       "top1_agreement": bool(result.agrees[layer, 0, k]),
+                                       "kl_to_final": float(result.kl[layer, 0, k]),
+                                       "final_token_prob": float(result.final_prob[layer, 0, k]),
+                                       "final_token_rank": int(result.final_rank[layer, 0, k]),
+                                       "entropy": float(result.entropy[layer, 0, k]),
+                                       "lens_token": int(result.top_ids[layer, 0, k, 0])})
+                k += 1
     return CorpusLens(pd.DataFrame(token_rows), pd.DataFrame(layer_rows), transcripts, n_lens)
 
 
@@ -480,23 +500,28 @@ class TunedLensFit:
 
 def _kl_per_layer(model: Any, data: DecoderResiduals, translator: TunedLens | None, batch_tokens: int = 512
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Mean KL(final || lens) and top-1 agreement per lens layer over all positions of ``data``."""
+    """Mean KL(final || lens) and top-1 agreement per lens layer over all positions of ``data``: the ``kl`` and
+    ``agrees`` of :func:`lens_statistics`, without the statistics it also computes (top tokens, ranks, entropy),
+    which cost more than these two; the last lens layer is the output itself (KL 0, agreement 1)."""
+    if len(data) == 0:
+        raise ValueError("the residuals hold no positions: an empty split (check the clips given to subset())")
     n_lens = data.residuals.shape[0]
     kl_sum, agree_sum = np.zeros(n_lens), np.zeros(n_lens)
+    agree_sum[-1] = len(data)
     device = next(hf_model(model).parameters()).device
     with torch.no_grad():
         for start in range(0, len(data), batch_tokens):
             chunk = data.residuals[:, start:start + batch_tokens].to(device)  # (lens_layers, n, d_model)
-
-            def layer_logits(layer: int) -> torch.Tensor:
+            final_logits = lens_logits(model, chunk[-1]).float()  # (n, vocab)
+            final_logp = torch.log_softmax(final_logits, dim=-1)
+            final_p = final_logp.exp()
+            final_ids = final_logits.argmax(-1)
+            for layer in range(n_lens - 1):
                 h = chunk[layer] if translator is None else translator(layer, chunk[layer])
-                return lens_logits(model, h)[None]  # (1, n, vocab): the positions as one batch row
-
-            stats = lens_statistics(lens_logits(model, chunk[-1])[None],
-                                    [lambda layer=layer: layer_logits(layer) for layer in range(n_lens - 1)],
-                                    top_k=1)
-            kl_sum += stats.kl.sum(dim=(1, 2)).double().numpy()
-            agree_sum += stats.agrees.sum(dim=(1, 2)).double().numpy()
+                logits = lens_logits(model, h).float()
+                logp = torch.log_softmax(logits, dim=-1)
+                kl_sum[layer] += float((final_p * (final_logp - logp)).sum(-1).clamp(min=0).double().sum())
+                agree_sum[layer] += float((logits.argmax(-1) == final_ids).sum())
     return kl_sum / len(data), agree_sum / len(data)
 
 
@@ -527,6 +552,24 @@ def fit_tuned_lens(model: Any, train: DecoderResiduals, val: DecoderResiduals | 
     from tqdm.auto import tqdm
 
     n_lens, _, d_model = train.residuals.shape
+    core = whisper_core(model)
+    expected = (len(core.decoder.layers) + 1, int(core.config.d_model))
+    for name, data in (("train", train), ("val", val)):
+        if data is None:
+            continue
+        if len(data) == 0:
+            raise ValueError(f"fit_tuned_lens: {name} holds no positions (an empty split: check the clips given to "
+                             "DecoderResiduals.subset)")
+        if (data.residuals.shape[0], data.residuals.shape[2]) != expected:
+            raise ValueError(f"fit_tuned_lens: {name} has {data.residuals.shape[0]} lens layers of width "
+                             f"{data.residuals.shape[2]}; this model's decoder has {expected[0]} (embeddings and "
+                             f"{expected[0] - 1} blocks) of width {expected[1]}: collect them with "
+                             "decoder_residuals on the same model")
+    if isinstance(epochs, bool) or not float(epochs).is_integer() or epochs < 0:
+        raise ValueError(f"fit_tuned_lens: epochs must be a whole number >= 0 (0 keeps the start); got {epochs!r}")
+    if isinstance(batch_tokens, bool) or not float(batch_tokens).is_integer() or batch_tokens < 1:
+        raise ValueError(f"fit_tuned_lens: batch_tokens must be a whole number >= 1; got {batch_tokens!r}")
+    epochs, batch_tokens = int(epochs), int(batch_tokens)
     torch.manual_seed(seed)
     tuned = TunedLens(n_lens, d_model)
     if init == "least_squares":

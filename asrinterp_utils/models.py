@@ -369,12 +369,20 @@ def _remove_abandoned_builds(parent: Path, name: str, older_than_s: float = 3600
 def _ensure_cache(spec: _EmbeddedWeights) -> Path:
     """The verified cache folder of ``spec``, converting (atomically) when it is missing or damaged."""
     target = runtime.cache_dir("models", spec.name)
+    if _cache_problem(spec, target) is None:
+        return target
+    with runtime.build_lock(target):  # another process converting it: wait, then use its folder
+        return _convert_into(spec, target)
+
+
+def _convert_into(spec: _EmbeddedWeights, target: Path) -> Path:
+    """Convert ``spec`` into the cache folder ``target`` unless it is sound now (see :func:`_ensure_cache`)."""
     problem = _cache_problem(spec, target)
     if problem is None:
         return target
     if problem != "empty":
         warnings.warn(f"Cached conversion of Whisper {spec.name!r} in {target} is unusable ({problem}); "
-                      "rebuilding it.", RuntimeWarning, stacklevel=3)
+                      "rebuilding it.", RuntimeWarning, stacklevel=4)
     parent = target.parent
     _remove_abandoned_builds(parent, spec.name)
     building = Path(tempfile.mkdtemp(prefix=f".{spec.name}.building-", dir=parent))

@@ -8,6 +8,7 @@ else.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import uuid
 from pathlib import Path
@@ -108,6 +109,29 @@ def atomic_path(path: Path, tmp: Path | None = None) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def build_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` while building it, so that two processes asked for the same missing file
+    (two pytest workers, two chapters) build it once: the second waits, then finds the file the first wrote. The
+    lock is a file in ``cache_dir("locks")`` named after ``path`` (kept there: removing a lock file while another
+    process waits on it would let a third one in); it is released when the block ends or the process dies. Where
+    ``fcntl`` does not exist (Windows) the block runs unlocked: both may build, and :func:`atomic_path` keeps one
+    complete file."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    path = Path(path).resolve()
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:16]
+    with open(cache_dir("locks") / f"{path.name}.{digest}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -4,9 +4,16 @@ Real-weight tests (marked ``real``) load the embedded tiny.en through ``asrinter
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Several pytest workers share the cores: each computes on one thread, so that they do not wait on each other's
+    # OpenMP threads. The chapters run in Jupyter kernels (their own processes), with PyTorch's default threads.
+    torch.set_num_threads(1)
 
 
 def random_whisper(*, n_mels: int = 80, vocab: int = 120, layers: int = 2, heads: int = 2, d_model: int = 16,

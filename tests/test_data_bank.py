@@ -71,6 +71,28 @@ def test_interrupted_build_leaves_nothing_half_written_and_resumes(monkeypatch, 
     assert len(table) == 12
 
 
+def test_two_builders_of_one_dataset_build_it_once(monkeypatch):
+    """Two callers asking for the same missing dataset at once (two pytest workers, two chapters): one builds it, the
+    other waits for its table; every clip is made once."""
+    import threading
+
+    made = []
+    real_make = bank._make_clip
+    monkeypatch.setattr(bank, "_make_clip", lambda row, pool: made.append(row["clip_id"]) or real_make(row, pool))
+    tables = [None, None]
+
+    def ask(i):
+        tables[i] = bank.speech_dataset(SMALL, fast=True, progress=False, workers=1)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    pd.testing.assert_frame_equal(tables[0], tables[1], check_dtype=False)
+    assert len(made) == len(set(made)) == len(tables[0]) == 12
+
+
 def test_noise_dataset_hits_the_requested_snr():
     spec = bank.BankSpec("noisy", label="noisy", n_texts=1, engines=("flite",), snr_db=(10.0, 0.0),
                          noise_kinds=("white", "pink"), fast_n_texts=1, fast_max_voices=1)

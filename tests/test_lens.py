@@ -61,6 +61,33 @@ def test_encoder_lens_last_layer_reproduces_the_transcript():
 
 
 @pytest.mark.real
+def test_corpus_lens_equals_the_logit_lens_of_each_clip_at_its_text_positions():
+    """corpus_logit_lens reads only the positions that predict text tokens (batched, padding skipped): the same
+    numbers as logit_lens on each clip alone at those positions."""
+    from asrinterp_utils.data import asterisk_prompts, clip_audio
+    from asrinterp_utils.models import load_model
+
+    lm = load_model("tiny.en")
+    prompts = asterisk_prompts(min_words=3, max_duration_s=6, progress=False)
+    waves = [clip_audio(p) for p in prompts.sort_values("duration_s").path.iloc[[0, -1, 5]]]  # unequal lengths
+    corpus = lens.corpus_logit_lens(lm, waves, batch_size=3, progress=False, max_new_tokens=48)
+    table = corpus.layers.merge(corpus.tokens, left_on="token_row", right_index=True)
+    n_prompt = len(lm.prompt_ids())
+    for clip, wave in enumerate(waves):
+        ids = run.generate_ids(lm, [wave], max_new_tokens=48)
+        alone = lens.logit_lens(lm, lm.features([wave])[0], ids, top_k=1)
+        mine = table[table["clip"] == clip]
+        n_text = ids.shape[1] - n_prompt - int(ids[0, -1] == lm.tokenizer.eos_token_id)
+        assert mine.position.nunique() == n_text > 0
+        for row in mine.itertuples():
+            assert row.lens_token == int(alone.top_ids[row.layer, 0, row.position, 0])
+            assert row.top1_agreement == bool(alone.agrees[row.layer, 0, row.position])
+            assert row.kl_to_final == pytest.approx(float(alone.kl[row.layer, 0, row.position]), abs=1e-4)
+            assert row.final_token_rank == int(alone.final_rank[row.layer, 0, row.position])
+    assert len(corpus.transcripts) == 3
+
+
+@pytest.mark.real
 def test_decoding_from_given_encoder_states_equals_normal_decoding():
     """run.greedy on the encoder's own output reproduces run.generate_ids(audio), for the
     English-only and the multilingual model (the encoder lens rests on this)."""
@@ -156,3 +183,39 @@ def test_fitting_the_tuned_lens_lowers_held_out_kl():
     first, last = fit.history[fit.history.epoch == 0], fit.history[fit.history.epoch == fit.history.epoch.max()]
     assert last.val_kl.mean() < 0.5 * first.val_kl.mean()
     assert [p.requires_grad for p in toy.parameters()] == trainable  # the model is left as it was
+
+
+def test_held_out_kl_and_agreement_match_the_lens_statistics(toy):
+    """compare_lenses' lean KL and agreement are lens_statistics' kl and agrees, position by position averaged."""
+    data = _planted_residuals(n=300, seed=2)
+    tuned = lens.TunedLens(3, 16)
+    with torch.no_grad():
+        for t in tuned.translators:
+            t.weight.add_(0.1 * torch.randn_like(t.weight))
+    table = lens.compare_lenses(toy, data, tuned).set_index(["lens", "layer"])
+    for name, translator in (("logit lens", None), ("tuned lens", tuned)):
+        with torch.no_grad():
+            layers = [lambda layer=layer: lens.lens_logits(toy, data.residuals[layer] if translator is None
+                                                           else translator(layer, data.residuals[layer]))[None]
+                      for layer in range(2)]
+            stats = lens.lens_statistics(lens.lens_logits(toy, data.residuals[-1])[None], layers, top_k=1)
+        for layer in range(3):
+            assert table.loc[(name, layer), "kl_to_final"] == pytest.approx(float(stats.kl[layer].mean()), rel=1e-5,
+                                                                            abs=1e-7)
+            assert table.loc[(name, layer), "top1_agreement"] == int(stats.agrees[layer].sum()) / len(data)
+
+
+def test_fit_tuned_lens_refuses_empty_or_mismatched_residuals(toy):
+    data = _planted_residuals()
+    with pytest.raises(ValueError, match="val holds no positions"):
+        lens.fit_tuned_lens(toy, data, data.subset([999]), epochs=1, progress=False)
+    with pytest.raises(ValueError, match="train holds no positions"):
+        lens.fit_tuned_lens(toy, data.subset([]), None, epochs=1, progress=False)
+    wide = lens.DecoderResiduals(torch.zeros(3, 10, 8), torch.zeros(10, dtype=torch.long),
+                                 torch.zeros(10, dtype=torch.long))
+    with pytest.raises(ValueError, match="width 8.*width 16"):
+        lens.fit_tuned_lens(toy, wide, None, epochs=1, progress=False)
+    with pytest.raises(ValueError, match="epochs must be a whole number"):
+        lens.fit_tuned_lens(toy, data, None, epochs=1.5, progress=False)
+    with pytest.raises(ValueError, match="no positions"):
+        lens.compare_lenses(toy, data.subset([]), lens.TunedLens(3, 16))

@@ -41,7 +41,7 @@ import pandas as pd
 import soundfile as sf
 
 from ..audio import SAMPLE_RATE
-from ..runtime import atomic_path, cache_dir, fast_mode
+from ..runtime import atomic_path, build_lock, cache_dir, fast_mode
 
 BANK_VERSION = 1  # bump when the way clips are made changes (every clip is then remade)
 SPLIT_RULE = "speaker, stratified by gender, 30% test"  # part of each table's cache key
@@ -309,8 +309,21 @@ def speech_dataset(name: str | BankSpec, *, fast: bool | None = None, rebuild: b
     folder = cache_dir("bank", spec.name)
     table_path = folder / f"{(spec.fast() if fast else spec).key()}{'-fast' if fast else ''}.csv"
     if table_path.exists() and not rebuild:
-        return pd.read_csv(table_path, keep_default_na=False, na_values=[""]).assign(
-            snr_db=lambda d: d.snr_db.astype(float))
+        return _read_table(table_path)
+    with build_lock(table_path):  # another process building this dataset: wait for its table
+        if table_path.exists() and not rebuild:
+            return _read_table(table_path)
+        return _build_dataset(spec, fast, table_path, workers, progress)
+
+
+def _read_table(table_path: Path) -> pd.DataFrame:
+    return pd.read_csv(table_path, keep_default_na=False, na_values=[""]).assign(
+        snr_db=lambda d: d.snr_db.astype(float))
+
+
+def _build_dataset(spec: BankSpec, fast: bool, table_path: Path, workers: int | None,
+                   progress: bool) -> pd.DataFrame:
+    """Synthesise or convert every clip of ``spec`` and write its table last (see :func:`speech_dataset`)."""
     table = recipes(spec, fast=fast)
     pool = _babble_pool() if "babble" in spec.noise_kinds else []
     rows = table.to_dict("records")
