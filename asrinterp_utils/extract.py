@@ -77,7 +77,7 @@ from tqdm.auto import tqdm
 from . import run, store
 from .cache import cache_activations
 from .hooks import hf_model, resolve_hook_points
-from .models import SAMPLE_RATE, SAMPLES_PER_ENCODER_FRAME, attention_backend
+from .models import SAMPLE_RATE, SAMPLES_PER_ENCODER_FRAME, attention_backend, weights_fingerprint
 from .runtime import atomic_path, write_text_atomic
 
 __all__ = ["ConfigMismatchError", "FeatureStore", "LazyClips", "Shard", "TableFeatures", "extract_features",
@@ -177,7 +177,8 @@ def _clips_fingerprint(clips: Any, n: int, clip_ids: Sequence | None) -> dict:
 
 
 def _model_fingerprint(lm: Any) -> dict:
-    """Name, dtype and a hash of the Hugging Face config (weights are not hashed: too slow for large models)."""
+    """Name, dtype, a hash of the Hugging Face config and the fingerprint of the weights' values
+    (:func:`~asrinterp_utils.models.weights_fingerprint`, remembered while the weights do not change)."""
     model = hf_model(lm)
     config = {k: v for k, v in model.config.to_dict().items()
               if k not in ("transformers_version", "_name_or_path", "dtype", "torch_dtype")
@@ -185,7 +186,7 @@ def _model_fingerprint(lm: Any) -> dict:
     text = json.dumps(config, sort_keys=True, default=str)
     return {"model": str(getattr(lm, "name", type(model).__name__)),
             "model_config_sha256": hashlib.sha256(text.encode()).hexdigest(),
-            "dtype": str(next(model.parameters()).dtype)}
+            "dtype": str(next(model.parameters()).dtype), "weights_sha1": weights_fingerprint(model)}
 
 
 def _config_hash(config: dict) -> str:

@@ -156,8 +156,12 @@ def lens_statistics(final_logits: torch.Tensor, layer_logits: Sequence[Any], *, 
     final_p = final_logp.exp()
     final_ids = final_logits.argmax(-1)
     out = {k: [] for k in ("top_ids", "top_probs", "final_prob", "final_rank", "kl", "entropy", "agrees")}
-    for logits_fn in [*layer_logits, lambda: final_logits]:  # the last layer IS the output
+    for index, logits_fn in enumerate([*layer_logits, lambda: final_logits]):  # the last layer IS the output
         logits = logits_fn()
+        if logits.shape != final_logits.shape:  # a broadcast would mix positions or clips silently
+            raise ValueError(f"lens_statistics: lens layer {index} gave logits of shape {tuple(logits.shape)}, the "
+                             f"final logits are {tuple(final_logits.shape)}: every layer must give (batch, tokens, "
+                             "vocab) for the same positions")
         logp = torch.log_softmax(logits.float(), dim=-1)
         p = logp.exp()
         top = p.topk(top_k, dim=-1)
@@ -412,7 +416,15 @@ class DecoderResiduals:
 
     def subset(self, clips: Sequence[int]) -> "DecoderResiduals":
         """The positions of the given clips only (e.g. a train or test split)."""
-        keep = torch.isin(self.clip, torch.as_tensor(list(clips), dtype=self.clip.dtype))
+        wanted = torch.as_tensor(list(clips), dtype=self.clip.dtype)
+        missing = sorted(set(wanted.tolist()) - set(self.clip.unique().tolist()))
+        if missing:
+            held = self.clip.unique().tolist()
+            raise ValueError(f"subset: clips {missing[:8]}{' ...' if len(missing) > 8 else ''} have no positions here "
+                             f"(these residuals hold {len(held)} clips, numbered {held[0] if held else '-'}.."
+                             f"{held[-1] if held else '-'}): subset takes clip indices, the order of the clips given to "
+                             "decoder_residuals, not position indices")
+        keep = torch.isin(self.clip, wanted)
         return DecoderResiduals(self.residuals[:, keep], self.clip[keep], self.target_ids[keep])
 
 
@@ -424,6 +436,9 @@ def decoder_residuals(lm: Any, audio_list: Sequence[np.ndarray], texts: Sequence
     predicting ``<|endoftext|>`` is kept."""
     from tqdm.auto import tqdm
 
+    if texts is not None and len(texts) != len(audio_list):
+        raise ValueError(f"decoder_residuals: {len(texts)} texts for {len(audio_list)} clips: give one text per clip "
+                         "(or texts=None to teacher-force each clip's own greedy transcript)")
     n = len(whisper_core(lm).decoder.layers)
     names = ["dec.0.resid_pre"] + [f"dec.{i}.resid_post" for i in range(n)]
     prompt = lm.prompt_ids()
@@ -528,6 +543,9 @@ def _kl_per_layer(model: Any, data: DecoderResiduals, translator: TunedLens | No
 def compare_lenses(model: Any, data: DecoderResiduals, tuned: TunedLens) -> pd.DataFrame:
     """Held-out comparison per lens layer: ``lens`` ("logit lens" or "tuned lens"), ``layer``, ``kl_to_final`` (mean,
     nats) and ``top1_agreement`` with the model's final prediction."""
+    if len(tuned.translators) + 1 != data.residuals.shape[0]:
+        raise ValueError(f"compare_lenses: the tuned lens has {len(tuned.translators) + 1} lens layers, the residuals "
+                         f"{data.residuals.shape[0]}: fit it on residuals of the same model (fit_tuned_lens)")
     rows = []
     for name, translator in (("logit lens", None), ("tuned lens", tuned)):
         kl, agree = _kl_per_layer(model, data, translator)

@@ -45,7 +45,7 @@ from . import runtime
 from .audio import SAMPLE_RATE, validate_audio
 
 __all__ = ["ModelDims", "LoadedModel", "ModelNotAvailableError", "load_model", "available_models", "attention_backend",
-           "random_init_model"]
+           "random_init_model", "weights_fingerprint"]
 
 SAMPLES_PER_ENCODER_FRAME = 320  # hop 160 samples per log-mel frame x stride 2 of the encoder's second conv
 CACHE_FORMAT = 1  # bump when the cached folder's layout or conversion changes: old caches are then rebuilt
@@ -582,6 +582,43 @@ def _check_dtype(dtype: Any) -> torch.dtype | None:
     if isinstance(dtype, str) and dtype.removeprefix("torch.") in _DTYPES:
         return _DTYPES[dtype.removeprefix("torch.")]
     raise ValueError(f"dtype={dtype!r} is not a model dtype; give one of {sorted(_DTYPES)} (or the torch dtype)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What identifies a model's outputs
+# ---------------------------------------------------------------------------------------------------------------
+
+_FINGERPRINT_ATTR = "_asrinterp_weights_fingerprint"
+
+
+def weights_fingerprint(lm: Any) -> str:
+    """sha1 of every parameter's and buffer's name, shape, dtype and bytes: two models with the same code and this
+    fingerprint compute the same outputs, whatever their names. The result store and feature extraction key their
+    files by it, so that a model whose weights were edited (a head zeroed, a fine-tuning step, another seed) never
+    reads results stored for other weights.
+
+    Hashing reads every weight (0.12 s for tiny.en, 0.2 s for base on the book's 2-core CPU), so the fingerprint is
+    remembered on the module with each tensor's storage address and autograd version counter: replacing a tensor,
+    ``load_state_dict``, an optimiser step or any in-place edit of a parameter (``with torch.no_grad():
+    p[0] = 0``) changes them and the next call hashes again. An edit through ``p.data`` bypasses the version counter
+    and is not seen: edit the parameter itself, or load the model again.
+
+    Args:
+        lm: a :class:`LoadedModel` or a Hugging Face module.
+    """
+    module = lm if isinstance(lm, torch.nn.Module) else lm.model
+    tensors = [*module.named_parameters(), *module.named_buffers()]
+    state = tuple((t.data_ptr(), t._version) for _, t in tensors)
+    known = getattr(module, _FINGERPRINT_ATTR, None)
+    if known is not None and known[0] == state:
+        return known[1]
+    digest = hashlib.sha1()
+    for name, tensor in tensors:
+        value = tensor.detach()
+        digest.update(f"{name}:{tuple(value.shape)}:{value.dtype};".encode())
+        digest.update(value.contiguous().cpu().view(torch.uint8).numpy() if value.numel() else b"")
+    setattr(module, _FINGERPRINT_ATTR, (state, digest.hexdigest()))
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ features live in :mod:`asrinterp_utils.extract`'s sharded folders, keyed the sam
 pooling, settings).
 
 A result is filed under a key made of what determines it: the kind of result, the model (name, where its weights
-came from, dtype), the clip's samples (sha256 of its float32 bytes) and the settings. The same clip decoded by the
+came from, dtype, a fingerprint of the weights' values), the clip's samples (sha256 of its float32 bytes) and the settings. The same clip decoded by the
 same model with the same settings in another chapter, another process or another build finds the stored result;
 anything else that differs (another model, a resampled clip, another token limit) is another key. Values are
 small JSON records (encoder outputs: one tensor file, ``(1500, d_model)`` in the model's dtype), one file each,
@@ -36,6 +36,7 @@ import torch
 from . import run
 from .cache import cache_activations
 from .hooks import active_hook_count, hf_model, whisper_core
+from .models import weights_fingerprint
 from .runtime import atomic_path, cache_dir, write_text_atomic
 
 __all__ = ["Transcript", "clip_digest", "decoded", "encoded", "encoder_means", "file_means", "file_states",
@@ -52,9 +53,11 @@ def clip_digest(clip: np.ndarray) -> str:
 
 
 def model_digest(lm: Any) -> str:
-    """What identifies a model's outputs: its name, the source of its weights and its dtype (a random-init model's
-    name carries its seed)."""
-    return json.dumps([str(getattr(lm, "name", "?")), str(getattr(lm, "source", "?")), str(lm.dtype)])
+    """What identifies a model's outputs: its name, the source of its weights, its dtype and the fingerprint of the
+    weights' values (:func:`~asrinterp_utils.models.weights_fingerprint`: a model whose weights were edited, or a
+    different model under the same name, never reads another's results)."""
+    return json.dumps([str(getattr(lm, "name", "?")), str(getattr(lm, "source", "?")), str(lm.dtype),
+                       weights_fingerprint(lm)])
 
 
 def result_path(kind: str, lm: Any, clip: np.ndarray, settings: dict, *, suffix: str = ".json") -> Path:

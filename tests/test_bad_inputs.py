@@ -28,6 +28,7 @@ FEATS, _ = LM.features(CLIPS)
 STATES = run.encode_features(LM, FEATS)
 IDS = torch.tensor([[1, 3, 4, 5], [1, 3, 5, 6]])
 METRIC = patching.token_logprob(start=2)
+RESIDUALS = lens.DecoderResiduals(torch.zeros(3, 4, 16), torch.tensor([0, 0, 1, 1]), torch.zeros(4, dtype=torch.long))
 RNG = np.random.default_rng(0)
 TMP = Path(tempfile.mkdtemp(prefix="asrinterp-bad-inputs-"))  # extraction folders of the table's rows
 atexit.register(shutil.rmtree, TMP, ignore_errors=True)
@@ -199,6 +200,17 @@ CASES = [
      r"0\.\.1.*\[9\]"),
     ("lens: references for fewer clips", lambda: lens.encoder_lens(LM, CLIPS, references=["a"]), ValueError,
      "1 references for 2 clips"),
+    ("lens: texts for more clips", lambda: lens.decoder_residuals(LM, CLIPS, ["a", "b", "c"], progress=False),
+     ValueError, "3 texts for 2 clips"),
+    ("lens: positions given to subset as clips", lambda: RESIDUALS.subset(range(5)), ValueError,
+     r"clips \[2, 3, 4\] have no positions.*not position indices"),
+    ("lens: an empty split to fit on", lambda: lens.fit_tuned_lens(LM, RESIDUALS, RESIDUALS.subset([]),
+                                                                   progress=False), ValueError,
+     "val holds no positions"),
+    ("lens: a tuned lens of another model", lambda: lens.compare_lenses(LM, RESIDUALS, lens.TunedLens(6, 16)),
+     ValueError, "6 lens layers, the residuals 3"),
+    ("lens: layer logits of another batch", lambda: lens.lens_statistics(
+        torch.zeros(1, 3, 8), [lambda: torch.zeros(2, 3, 8)]), ValueError, r"layer 0 gave logits of shape \(2, 3, 8\)"),
     # patching
     ("patching: features and ids of different batches", lambda: patching.run_sweep(
         LM, FEATS[:1], IDS, patching.component_targets(LM, "dec.*.mlp_out"), METRIC), ValueError,

@@ -208,7 +208,9 @@ def test_held_out_kl_and_agreement_match_the_lens_statistics(toy):
 def test_fit_tuned_lens_refuses_empty_or_mismatched_residuals(toy):
     data = _planted_residuals()
     with pytest.raises(ValueError, match="val holds no positions"):
-        lens.fit_tuned_lens(toy, data, data.subset([999]), epochs=1, progress=False)
+        lens.fit_tuned_lens(toy, data, data.subset([]), epochs=1, progress=False)
+    with pytest.raises(ValueError, match=r"clips \[999\] have no positions here.*numbered 0\.\.19"):
+        data.subset([3, 999])
     with pytest.raises(ValueError, match="train holds no positions"):
         lens.fit_tuned_lens(toy, data.subset([]), None, epochs=1, progress=False)
     wide = lens.DecoderResiduals(torch.zeros(3, 10, 8), torch.zeros(10, dtype=torch.long),

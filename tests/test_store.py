@@ -241,3 +241,35 @@ def test_an_encoder_lens_over_every_layer_files_the_means_that_extraction_reads(
     for clip in clips:
         store._means_path(tiny, clip).unlink()
     assert torch.allclose(from_lens, store.encoder_means(tiny, clips), atol=1e-4)  # recomputed by a plain pass
+
+
+def test_a_model_with_edited_weights_never_reads_the_original_models_results(lm):
+    """The key holds a fingerprint of the weights' values: zeroing a weight in place (or another model under the same
+    name) gives another key, so nothing stored for the original weights is read back as its result."""
+    clips = toy_clips(2)
+    before = store.encoded(lm, clips).states
+    first = store.transcripts(lm, clips, max_new_tokens=8)
+    with torch.no_grad():
+        lm.model.model.encoder.layers[0].fc1.weight.mul_(0)  # an in-place edit, under the same name
+    after = store.encoded(lm, clips).states
+    assert torch.equal(after, run.encode(lm, clips).states)
+    assert not torch.allclose(after, before)
+    assert [t.text_ids for t in store.transcripts(lm, clips, max_new_tokens=8)] == \
+        run.greedy(lm, after, max_new_tokens=8).text_ids
+    other = toy_loaded_model(seed=7)  # same name and source, other weights
+    assert other.name == lm.name and not torch.allclose(store.encoded(other, clips).states, before)
+    assert first  # the original's records are still there for the original weights
+
+
+def test_the_weights_fingerprint_follows_the_values_not_the_name():
+    from asrinterp_utils.models import weights_fingerprint
+
+    a, b, c = toy_loaded_model(seed=1), toy_loaded_model(seed=1), toy_loaded_model(seed=2)
+    assert weights_fingerprint(a) == weights_fingerprint(b) != weights_fingerprint(c)
+    original = weights_fingerprint(a)
+    saved = {k: v.clone() for k, v in a.model.state_dict().items()}
+    with torch.no_grad():
+        a.model.proj_out.weight[0, 0] += 1.0  # one number, in place
+    assert weights_fingerprint(a) != original
+    a.model.load_state_dict(saved)
+    assert weights_fingerprint(a) == original  # the same values again
