@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 _ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen " \
         "seventeen eighteen nineteen".split()
@@ -52,10 +52,20 @@ def word_error_rate(references: Sequence[str] | str, hypotheses: Sequence[str] |
 
 def clip_wers(references: Sequence[str], hypotheses: Sequence[str]) -> list[float]:
     """WER of each clip on normalised text (one hypothesis per reference)."""
+    _refuse_string("clip_wers", "references", references, "for one clip use word_error_rate(reference, hypothesis)")
+    _refuse_string("clip_wers", "hypotheses", hypotheses, "for one clip use word_error_rate(reference, hypothesis)")
     if len(references) != len(hypotheses):
         raise ValueError(f"clip_wers: {len(references)} references but {len(hypotheses)} hypotheses; give one "
                          "hypothesis per reference, in the same order")
     return [word_error_rate(r, h) for r, h in zip(references, hypotheses)]
+
+
+def _refuse_string(function: str, name: str, value: Any, what_to_do: str) -> None:
+    """A string where a sequence of strings (or words) is expected would be read character by character."""
+    if isinstance(value, str):
+        raise TypeError(f"{function}: {name} is one string ({value[:40]!r}); it takes a list, one item per "
+                        f"{'word' if name == 'words' else 'clip'}, and a string would be read character by character: "
+                        f"{what_to_do}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -91,6 +101,7 @@ def longest_repeat(words: Sequence[str], max_n: int = 8) -> RepeatRun:
     >>> longest_repeat("to the night to the night to the night".split())
     RepeatRun(ngram=('to', 'the', 'night'), repeats=3, start=0)
     """
+    _refuse_string("longest_repeat", "words", words, "give text.split() (or use is_repetitive(text))")
     best = RepeatRun((), 0, 0)
     for n in range(1, max_n + 1):
         for start in range(len(words) - n + 1):
@@ -107,6 +118,9 @@ def is_repetitive(text: str, *, min_repeats: int = 4,
                   compression_threshold: float = COMPRESSION_RATIO_THRESHOLD) -> bool:
     """A repetition loop: some n-gram repeated ``min_repeats`` or more times back to back (on normalised words), or a
     compression ratio above Whisper's threshold."""
+    if isinstance(min_repeats, bool) or not float(min_repeats).is_integer() or min_repeats < 2:
+        raise ValueError(f"is_repetitive: min_repeats must be a whole number >= 2 (an n-gram said once is not a "
+                         f"repeat, so every text would count); got {min_repeats!r}")
     words = normalize_text(text).split()
     return longest_repeat(words).repeats >= min_repeats or compression_ratio(text) > compression_threshold
 
@@ -143,9 +157,23 @@ TARGET_OUTCOMES = ("spoken", "expected", "other")
 def target_word_outcome(transcript: str, spoken: str, expected: str) -> str:
     """Which of two words a transcript wrote, as one of :data:`TARGET_OUTCOMES`: ``spoken`` when the word said in
     the audio is among its normalised words (:func:`normalize_text`), else ``expected`` when the word its context
-    predicts is, else ``other``. ``spoken`` and ``expected`` are single normalised words."""
+    predicts is, else ``other``. ``spoken`` and ``expected`` are normalised the same way (``"Rabbit."`` is
+    ``rabbit``); a word of several parts (``"ice cream"``) must appear as that run of words."""
     words = normalize_text(transcript).split()
-    return "spoken" if spoken in words else "expected" if expected in words else "other"
+    targets = {}
+    for name, word in (("spoken", spoken), ("expected", expected)):
+        targets[name] = normalize_text(str(word)).split()
+        if not targets[name]:
+            raise ValueError(f"target_word_outcome: {name} word {word!r} is empty after normalising; give the word")
+    if targets["spoken"] == targets["expected"]:
+        raise ValueError(f"target_word_outcome: spoken {spoken!r} and expected {expected!r} are the same word after "
+                         "normalising, so the outcome cannot tell them apart")
+
+    def said(target: list[str]) -> bool:
+        n = len(target)
+        return any(words[i:i + n] == target for i in range(len(words) - n + 1))
+
+    return "spoken" if said(targets["spoken"]) else "expected" if said(targets["expected"]) else "other"
 
 
 @dataclass(frozen=True)
@@ -169,6 +197,7 @@ def nonspeech_transcripts(transcripts: Sequence[str], *, min_words: int = 4) -> 
     >>> s.share_written, s.most_common, s.most_common_count, s.share_sentences
     (0.75, 'thank you.', 2, 0.25)
     """
+    _refuse_string("nonspeech_transcripts", "transcripts", transcripts, "give a list of transcripts")
     texts = [str(t).strip() for t in transcripts]
     if not texts:
         raise ValueError("nonspeech_transcripts: no transcripts given")

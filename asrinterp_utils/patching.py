@@ -117,9 +117,16 @@ def kl_from(base_logits: torch.Tensor, start: int) -> Metric:
     """KL divergence ``KL(base || patched)`` of the next-token distributions, averaged over the positions that
     predict ``ids[:, start:]``; ``base_logits (batch, tokens, vocab)`` is the unpatched run's (rows of a stacked
     sweep repeat the clips in order). 0 when a patch changes nothing; larger is a bigger change."""
+    if base_logits.ndim != 3 or not 1 <= start < base_logits.shape[1]:
+        raise ValueError(f"kl_from: base_logits must be (batch, tokens, vocab) and start in 1..tokens-1; got "
+                         f"{tuple(base_logits.shape)} and start={start}")
     base = torch.log_softmax(base_logits[:, start - 1:-1].float(), dim=-1)
 
     def metric(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        if logits.shape[1:] != base_logits.shape[1:] or logits.shape[0] % base_logits.shape[0]:
+            raise ValueError(f"kl_from: logits {tuple(logits.shape)} do not repeat the clips of base_logits "
+                             f"{tuple(base_logits.shape)}: the same tokens and vocabulary, and a whole number of "
+                             "copies of its clips (rows of a stacked sweep repeat the clips in order)")
         patched = torch.log_softmax(logits[:, start - 1:-1].float(), dim=-1)
         ref = base.to(patched.device).repeat(patched.shape[0] // base.shape[0], 1, 1)
         return (ref.exp() * (ref - patched)).sum(-1).mean(dim=1)

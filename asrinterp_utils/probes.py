@@ -783,6 +783,9 @@ def probe_transfer(train_features: Any, train_labels: Any, train_groups: Any, te
     if len(test_labels) != len(test_features) or len(test_labels) == 0:
         raise ValueError(f"test_labels ({len(test_labels)}) must match test_features ({len(test_features)}) and "
                          "not be empty")
+    if test_groups is not None and len(_as_numpy(test_groups)) != len(test_labels):
+        raise ValueError(f"test_groups ({len(_as_numpy(test_groups))}) must give one group per test clip "
+                         f"({len(test_labels)})")
     unknown = sorted(set(test_labels.tolist()) - set(train_labels.tolist()))
     if unknown:
         raise ValueError(f"test labels {unknown} never occur in training: a probe cannot predict them")
@@ -817,6 +820,9 @@ def good_and_bad(table: pd.DataFrame, wer_column: str, *, seed: int = 0) -> pd.D
     good = table[table[wer_column] == 0]
     wrong = table[table[wer_column] > 0].sort_values(wer_column, ascending=False)
     n = min(len(good), len(wrong))
+    if n == 0:
+        raise ValueError(f"good_and_bad: {len(good)} clips with zero WER and {len(wrong)} with a positive one in "
+                         f"{wer_column!r}: both classes need clips (add clips of the missing kind)")
     good = good.sample(n, random_state=seed) if len(good) > n else good
     return pd.concat([good.assign(label="good"), wrong.head(n).assign(label="bad")])
 
@@ -836,6 +842,8 @@ def compare_with_baselines(ci_low: float, ci_high: float, chance: float, control
     - ``below the input``: the interval lies below the baseline's accuracy (the network discards what its input has);
     - ``not clearly above the baselines``: otherwise (the input already carries it).
     """
+    if not ci_low <= ci_high:
+        raise ValueError(f"compare_with_baselines: the interval [{ci_low}, {ci_high}] has its ends swapped (or NaN)")
     if ci_low <= chance:
         return "not above chance"
     if ci_low > max(control, baseline):

@@ -111,8 +111,8 @@ def is_hallucinated_loop(transcript: str, reference: str, *, hit_limit: bool, re
 
 
 def _candidates_key(lm: Any, candidates: pd.DataFrame, max_new_tokens: int) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps([getattr(lm, "name", "model"), max_new_tokens, 1]).encode())
+    h = hashlib.sha256()  # the model as the store identifies it: its weights' values, not only its name
+    h.update(json.dumps([store.model_digest(lm), max_new_tokens, 2]).encode())
     for cid, audio in zip(candidates.candidate_id, candidates.audio):
         h.update(cid.encode())
         h.update(np.ascontiguousarray(audio, dtype=np.float32).tobytes())
@@ -129,6 +129,10 @@ def mine_loops(lm: Any, candidates: pd.DataFrame, *, max_new_tokens: int = 96, b
     (against ``text`` where there is one). The table is cached under ``cache_dir("repetition")`` by model, audio and
     ``max_new_tokens``, written atomically; a rerun reads it.
     """
+    missing = [c for c in ("candidate_id", "kind", "text", "repeats_in_audio", "audio") if c not in candidates.columns]
+    if missing:
+        raise ValueError(f"mine_loops: candidates lacks the columns {missing}: build them with candidate_inputs(table, "
+                         "kinds) (one row per clip and transformation, with its audio)")
     path = cache_dir("repetition") / f"{_candidates_key(lm, candidates, max_new_tokens)}.csv"
     if use_cache and path.exists():
         return pd.read_csv(path, keep_default_na=False)
@@ -200,6 +204,9 @@ def loop_resolution(sweep: Any, references: Sequence[str] | None = None) -> pd.D
     frame["changed"] = frame["text"] != frame["baseline_text"]
     if references is not None:
         refs = list(references)
+        if len(refs) != len(sweep.baseline_texts):
+            raise ValueError(f"loop_resolution: {len(refs)} references for the sweep's {len(sweep.baseline_texts)} "
+                             "clips: give one reference per looping clip, in the sweep's order")
         frame["wer"] = [word_error_rate(refs[c], t) for c, t in zip(frame["clip"], frame["text"])]
         frame["baseline_wer"] = [word_error_rate(refs[c], t) for c, t in zip(frame["clip"], frame["baseline_text"])]
     columns = ["resolved", "still_looping", "empty", "stub", "changed"] + (["wer", "baseline_wer"] if references is not None else [])

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from asrinterp_utils import audio, extract, hooks, lens, metrics, patching, probes, run, stats
+from asrinterp_utils import audio, extract, hooks, lens, metrics, patching, probes, repetition, run, stats
 from asrinterp_utils.audio import AudioError
 from asrinterp_utils.cache import CachePassError, cache_activations
 from asrinterp_utils.data import bank
@@ -28,6 +28,9 @@ FEATS, _ = LM.features(CLIPS)
 STATES = run.encode_features(LM, FEATS)
 IDS = torch.tensor([[1, 3, 4, 5], [1, 3, 5, 6]])
 METRIC = patching.token_logprob(start=2)
+TWO_CLIP_SWEEP = patching.GenerationSweep(labels=["dec.0.mlp_out"], token_ids=[[[3], [4]]], texts=[["a", "b"]],
+                                          baseline_ids=[[3], [4]], baseline_texts=["a", "b"],
+                                          reference_texts=["", ""], max_new_tokens=8)
 RESIDUALS = lens.DecoderResiduals(torch.zeros(3, 4, 16), torch.tensor([0, 0, 1, 1]), torch.zeros(4, dtype=torch.long))
 RNG = np.random.default_rng(0)
 TMP = Path(tempfile.mkdtemp(prefix="asrinterp-bad-inputs-"))  # extraction folders of the table's rows
@@ -217,6 +220,10 @@ CASES = [
      "decoder_input_ids"),
     ("patching: token_logprob starting past the tokens", lambda: patching.token_logprob(start=10)(
         torch.zeros(2, 4, 8), IDS), ValueError, "start must be in 1..3"),
+    ("patching: kl_from on logits of other clips", lambda: patching.kl_from(torch.zeros(2, 4, 8), start=2)(
+        torch.zeros(3, 4, 8), IDS), ValueError, r"logits \(3, 4, 8\) do not repeat the clips of base_logits"),
+    ("patching: kl_from starting past the tokens", lambda: patching.kl_from(torch.zeros(2, 4, 8), start=4),
+     ValueError, "start in 1..tokens-1"),
     ("patching: unknown method", lambda: patching.run_sweep(LM, FEATS, IDS, [], METRIC, method="fast"), ValueError,
      "'fast'"),
     ("patching: a metric that reduces over clips", lambda: patching.run_sweep(
@@ -294,6 +301,29 @@ CASES = [
      ValueError, "1 references but 2 hypotheses"),
     ("metrics: WER of more hypotheses than references", lambda: metrics.clip_wers(["a"], ["a", "b"]), ValueError,
      "1 references but 2 hypotheses"),
+    ("metrics: per-clip WER of one string", lambda: metrics.clip_wers("abc", ["a", "b", "c"]), TypeError,
+     "references is one string.*character by character.*word_error_rate"),
+    ("metrics: repeats counted in a string", lambda: metrics.longest_repeat("a a a a"), TypeError,
+     r"words is one string.*text\.split\(\)"),
+    ("metrics: one repeat counted as a loop", lambda: metrics.is_repetitive("a b c", min_repeats=1), ValueError,
+     "min_repeats must be a whole number >= 2"),
+    ("metrics: the same word spoken and expected", lambda: metrics.target_word_outcome("x", "Boat", "boat."),
+     ValueError, "same word after normalising"),
+    ("metrics: non-speech transcripts as one string", lambda: metrics.nonspeech_transcripts("thank you"),
+     TypeError, "transcripts is one string"),
+    ("probes: transfer test groups for other clips", lambda: probes.probe_transfer(
+        RNG.normal(size=(8, 1, 3)), ["a", "b"] * 4, [0, 0, 1, 1, 2, 2, 3, 3], RNG.normal(size=(4, 1, 3)),
+        ["a", "b"] * 2, test_groups=[0, 1]), ValueError, r"test_groups \(2\) must give one group per test clip \(4\)"),
+    ("probes: good and bad without a good clip", lambda: probes.good_and_bad(pd.DataFrame({"wer": [0.5, 1.0]}), "wer"),
+     ValueError, "0 clips with zero WER and 2 with a positive one"),
+    ("probes: an interval with its ends swapped", lambda: probes.compare_with_baselines(0.9, 0.7, 0.5, 0.6, 0.6),
+     ValueError, r"\[0\.9, 0\.7\] has its ends swapped"),
+    # repetition loops
+    ("repetition: references for another number of loops", lambda: repetition.loop_resolution(
+        TWO_CLIP_SWEEP, references=["a b c"]), ValueError, "1 references for the sweep's 2 clips"),
+    ("repetition: candidates without their audio", lambda: repetition.mine_loops(
+        LM, pd.DataFrame({"candidate_id": ["x"], "kind": ["speed2x"], "text": ["a"], "repeats_in_audio": [1]}),
+        progress=False), ValueError, r"lacks the columns \['audio'\].*candidate_inputs"),
     # statistics
     ("stats: a share given where a count is due", lambda: stats.proportion(2.7, 10), ValueError,
      "counts \\(whole numbers\\)"),

@@ -24,6 +24,10 @@ def test_target_word_outcome_prefers_the_spoken_word_and_normalises():
     assert target_word_outcome("a boat, not a ship", "boat", "ship") == "spoken"
     assert target_word_outcome("the vessel sailed", "boat", "ship") == "other"
     assert target_word_outcome("boats", "boat", "ship") == "other"      # whole words only
+    # the two words are normalised like the transcript, and a word of several parts is matched as a run of words
+    assert target_word_outcome("the boat sailed", "Boat.", "SHIP") == "spoken"
+    assert target_word_outcome("I ate ice cream", "sorbet", "ice-cream") == "expected"
+    assert target_word_outcome("ice and cream", "sorbet", "ice cream") == "other"
 
 
 def test_nonspeech_transcripts_counts_what_was_written():

@@ -43,7 +43,10 @@ def test_clean_and_reference_known_answers(lm):
     states = run.encode(lm, clips).states
     assert torch.equal(pair.ids, run.greedy(lm, states, max_new_tokens=6).ids)
     assert torch.allclose(pair.clean_metric, pair.metric(run.teacher_force(lm, states, pair.ids), pair.ids))
-    assert torch.allclose(pair.clean.states, states)
+    # the clean run's encodings come from the store, where earlier tests may have filed some of these clips encoded
+    # in another batch: batches agree to float rounding (about 1e-6 on this toy's sharp attention; bit for bit for
+    # the real models on the book's CPU)
+    assert torch.allclose(pair.clean.states, states, atol=1e-5)
     assert pair.reference.features.shape == pair.clean.features.shape
     assert not torch.allclose(pair.clean_metric, pair.reference_metric)  # the noise run scores differently
     # Cross-attention is the only way audio enters the decoder: all of it from the reference gives the reference.

@@ -155,3 +155,25 @@ def test_loops_resolved_are_judged_cross_fitted_when_saved(results):
     for model, est in head.estimates.items():
         assert est.successes == 0 and "cross-fitted" in head.ours[model]
     assert head.verdict == reports.NOT_SUPPORTED  # 0 of n: the interval excludes the paper's 78 %
+
+
+def test_the_best_head_is_judged_against_a_typical_head_when_saved(results):
+    """The null of "a single head resolves many loops" is the share a typical head resolves: a best head whose
+    interval clears 0 but not the typical share is not called special."""
+    saved = copy.deepcopy(results)
+    looping = [m for m, r in saved["repetition_hallucinations"].items() if r.get("loops")]
+    assert looping, "the fixture must hold a model with loops"
+    for model in looping:
+        r = saved["repetition_hallucinations"][model]
+        r["loops"] = 40
+        r["crossfit"] = {"head": {"target": r["best_head"]["target"], "resolved": 30, "loops": 40, "typical": 0.0}}
+    head = next(c for c in reports.reproduction_claims(saved) if c.claim.startswith("A single cross-attention head"))
+    assert all(head.model_verdict(m) == reports.SUPPORTED for m in looping)  # 75 % [60, 86] clears 0
+    for model in looping:
+        saved["repetition_hallucinations"][model]["crossfit"]["head"]["typical"] = 0.7
+    head = next(c for c in reports.reproduction_claims(saved) if c.claim.startswith("A single cross-attention head"))
+    for model in looping:
+        assert head.null[model] == 0.7 and head.model_verdict(model) != reports.SUPPORTED
+        assert "a typical head 70 %" in head.ours[model]
+    forest = reports.forest_frame([head])
+    assert set(forest[forest.model.isin(looping)].null) == {0.7}
