@@ -30,6 +30,7 @@ import torch
 from . import run, store
 from .cache import cache_activations
 from .hooks import hf_model, whisper_core
+from .runtime import check_whole
 
 
 @dataclass
@@ -142,6 +143,12 @@ def _teacher_forced_lens(model: Any, encoder_states: torch.Tensor, decoder_input
 
 
 @torch.no_grad()
+def _kl_to_final(final_p: torch.Tensor, final_logp: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """KL(final || lens) per position, ``(..., vocab)`` -> ``(...)``, from the final distribution's probabilities
+    and log-probabilities and the lens's log-probabilities; clamped at 0 (float rounding can dip below it)."""
+    return (final_p * (final_logp - logp)).sum(-1).clamp(min=0)
+
+
 def lens_statistics(final_logits: torch.Tensor, layer_logits: Sequence[Any], *, top_k: int = 5) -> LogitLensResult:
     """The per-layer statistics of a lens, for any model: the shared core of :func:`logit_lens` and the audio-LLM
     lens.
@@ -170,7 +177,7 @@ def lens_statistics(final_logits: torch.Tensor, layer_logits: Sequence[Any], *, 
         out["top_probs"].append(top.values.cpu())
         out["final_prob"].append(p.gather(-1, final_ids.unsqueeze(-1)).squeeze(-1).cpu())
         out["final_rank"].append((logits > chosen).sum(-1).cpu())
-        out["kl"].append((final_p * (final_logp - logp)).sum(-1).clamp(min=0).cpu())
+        out["kl"].append(_kl_to_final(final_p, final_logp, logp).cpu())
         out["entropy"].append(-(p * logp).sum(-1).cpu())
         out["agrees"].append((logits.argmax(-1) == final_ids).cpu())
     return LogitLensResult(**{k: torch.stack(v) for k, v in out.items()}, final_ids=final_ids.cpu())
@@ -417,9 +424,9 @@ class DecoderResiduals:
     def subset(self, clips: Sequence[int]) -> "DecoderResiduals":
         """The positions of the given clips only (e.g. a train or test split)."""
         wanted = torch.as_tensor(list(clips), dtype=self.clip.dtype)
-        missing = sorted(set(wanted.tolist()) - set(self.clip.unique().tolist()))
+        held = self.clip.unique().tolist()
+        missing = sorted(set(wanted.tolist()) - set(held))
         if missing:
-            held = self.clip.unique().tolist()
             raise ValueError(f"subset: clips {missing[:8]}{' ...' if len(missing) > 8 else ''} have no positions here "
                              f"(these residuals hold {len(held)} clips, numbered {held[0] if held else '-'}.."
                              f"{held[-1] if held else '-'}): subset takes clip indices, the order of the clips given to "
@@ -535,7 +542,7 @@ def _kl_per_layer(model: Any, data: DecoderResiduals, translator: TunedLens | No
                 h = chunk[layer] if translator is None else translator(layer, chunk[layer])
                 logits = lens_logits(model, h).float()
                 logp = torch.log_softmax(logits, dim=-1)
-                kl_sum[layer] += float((final_p * (final_logp - logp)).sum(-1).clamp(min=0).double().sum())
+                kl_sum[layer] += float(_kl_to_final(final_p, final_logp, logp).double().sum())
                 agree_sum[layer] += float((logits.argmax(-1) == final_ids).sum())
     return kl_sum / len(data), agree_sum / len(data)
 
@@ -583,11 +590,8 @@ def fit_tuned_lens(model: Any, train: DecoderResiduals, val: DecoderResiduals | 
                              f"{data.residuals.shape[2]}; this model's decoder has {expected[0]} (embeddings and "
                              f"{expected[0] - 1} blocks) of width {expected[1]}: collect them with "
                              "decoder_residuals on the same model")
-    if isinstance(epochs, bool) or not float(epochs).is_integer() or epochs < 0:
-        raise ValueError(f"fit_tuned_lens: epochs must be a whole number >= 0 (0 keeps the start); got {epochs!r}")
-    if isinstance(batch_tokens, bool) or not float(batch_tokens).is_integer() or batch_tokens < 1:
-        raise ValueError(f"fit_tuned_lens: batch_tokens must be a whole number >= 1; got {batch_tokens!r}")
-    epochs, batch_tokens = int(epochs), int(batch_tokens)
+    epochs = check_whole(epochs, "fit_tuned_lens: epochs", 0, " (0 keeps the start)")
+    batch_tokens = check_whole(batch_tokens, "fit_tuned_lens: batch_tokens", 1)
     torch.manual_seed(seed)
     tuned = TunedLens(n_lens, d_model)
     if init == "least_squares":

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from .runtime import check_whole
+
 _ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen " \
         "seventeen eighteen nineteen".split()
 _TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
@@ -118,9 +120,8 @@ def is_repetitive(text: str, *, min_repeats: int = 4,
                   compression_threshold: float = COMPRESSION_RATIO_THRESHOLD) -> bool:
     """A repetition loop: some n-gram repeated ``min_repeats`` or more times back to back (on normalised words), or a
     compression ratio above Whisper's threshold."""
-    if isinstance(min_repeats, bool) or not float(min_repeats).is_integer() or min_repeats < 2:
-        raise ValueError(f"is_repetitive: min_repeats must be a whole number >= 2 (an n-gram said once is not a "
-                         f"repeat, so every text would count); got {min_repeats!r}")
+    check_whole(min_repeats, "is_repetitive: min_repeats", 2,
+                " (an n-gram said once is not a repeat, so every text would count)")
     words = normalize_text(text).split()
     return longest_repeat(words).repeats >= min_repeats or compression_ratio(text) > compression_threshold
 

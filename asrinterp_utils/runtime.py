@@ -12,7 +12,7 @@ import hashlib
 import os
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 FAST_ENV = "ASRINTERP_FAST"
 CACHE_ENV = "ASRINTERP_CACHE"
@@ -132,6 +132,14 @@ def build_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def check_whole(value: Any, what: str, minimum: int, why: str = "") -> int:
+    """``value`` as an int, or a ``ValueError`` saying that ``what`` must be a whole number ``>= minimum`` (``why``
+    says why the bound): ``True`` and ``2.5`` are refused rather than read as 1 and truncated to 2."""
+    if isinstance(value, bool) or not float(value).is_integer() or value < minimum:
+        raise ValueError(f"{what} must be a whole number >= {minimum}{why}; got {value!r}")
+    return int(value)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -10,8 +10,9 @@ features live in :mod:`asrinterp_utils.extract`'s sharded folders, keyed the sam
 pooling, settings).
 
 A result is filed under a key made of what determines it: the kind of result, the model (name, where its weights
-came from, dtype, a fingerprint of the weights' values), the clip's samples (sha256 of its float32 bytes) and the settings. The same clip decoded by the
-same model with the same settings in another chapter, another process or another build finds the stored result;
+came from, dtype, a fingerprint of the weights' values), the clip's samples (sha256 of its float32 bytes) and the
+settings. The same clip decoded by the same model with the same settings in another chapter, another process or
+another build finds the stored result;
 anything else that differs (another model, a resampled clip, another token limit) is another key. Values are
 small JSON records (encoder outputs: one tensor file, ``(1500, d_model)`` in the model's dtype), one file each,
 under ``cache_dir("store", kind)``; each is written to a temporary file and renamed into place, so two writers of
