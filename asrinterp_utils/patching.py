@@ -211,14 +211,15 @@ def word_choice(lm: Any, texts: Sequence[str], spoken_words: Sequence[str],
 def transcribe_and_score(lm: Any, clips: Sequence[Any], choice: WordChoice, *, max_new_tokens: int = 48,
                          batch_size: int = 16) -> tuple[list[str], Any]:
     """One encoder pass per clip gives both its greedy transcript and its teacher-forced :class:`WordChoice`
-    measure. Returns ``(transcripts, logit differences (clips,) as a numpy array)``."""
+    measure; encoder outputs and transcripts are read from the store where this model already computed them (in
+    any chapter or build). Returns ``(transcripts, logit differences (clips,) as a numpy array)``."""
     if len(clips) != len(choice.ids):
         raise ValueError(f"transcribe_and_score: {len(clips)} clips for a WordChoice of {len(choice.ids)} clips")
     texts, diffs = [], []
     for start in range(0, len(clips), batch_size):
         rows = slice(start, start + batch_size)
         states = store.encoded(lm, clips[rows]).states
-        texts += run.greedy(lm, states, max_new_tokens=max_new_tokens).texts(lm.tokenizer)
+        texts += [t.text for t in store.transcripts(lm, clips[rows], max_new_tokens=max_new_tokens, states=states)]
         ids = choice.ids[rows]
         part = logit_diff(choice.positions[rows], choice.spoken[rows], choice.competing[rows])
         diffs.append(part(run.teacher_force(lm, states, ids), ids).cpu())
@@ -349,14 +350,43 @@ def _batched_interventions(chunk: Sequence[PatchTarget], batch: int) -> dict[str
     return grouped
 
 
+def _inputs(model: Any, inputs: Any, decoder_input_ids: torch.Tensor, caller: str
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(features, ids, states)`` on the model's device: ``inputs`` is log-mel ``(batch, n_mels, 3000)``, or a
+    :class:`~asrinterp_utils.run.Encoded` whose ``states`` the decoder then reads as they are (``states`` None
+    otherwise), checked against ``decoder_input_ids (batch, tokens)``, one row per clip."""
+    hf = hf_model(model)
+    param = next(hf.parameters())
+    states = None
+    if isinstance(inputs, run.Encoded):
+        inputs, states = inputs.features, inputs.states
+    if not isinstance(inputs, torch.Tensor) or inputs.ndim != 3:
+        got = tuple(inputs.shape) if hasattr(inputs, "shape") else type(inputs).__name__
+        raise ValueError(f"{caller}: input_features must be log-mel (batch, n_mels, 3000), as lm.features(clips) gives "
+                         f"them, or the run.Encoded of the clips; got {got}")
+    if not isinstance(decoder_input_ids, torch.Tensor) or decoder_input_ids.ndim != 2:
+        got = tuple(decoder_input_ids.shape) if hasattr(decoder_input_ids, "shape") else type(decoder_input_ids).__name__
+        raise ValueError(f"{caller}: decoder_input_ids must be (batch, tokens); got {got}")
+    if len(decoder_input_ids) != len(inputs) or (states is not None and len(states) != len(inputs)):
+        raise ValueError(f"{caller}: {len(inputs)} clips of input features"
+                         + (f" ({len(states)} rows of encoder states)" if states is not None else "")
+                         + f" but {len(decoder_input_ids)} rows of decoder_input_ids: give one row per clip")
+    feats = inputs.to(device=param.device, dtype=param.dtype)
+    if states is not None:
+        states = states.to(device=param.device, dtype=param.dtype)
+    return feats, decoder_input_ids.to(param.device), states
+
+
 @torch.no_grad()
-def run_sweep(model: Any, input_features: torch.Tensor, decoder_input_ids: torch.Tensor,
+def run_sweep(model: Any, input_features: Any, decoder_input_ids: torch.Tensor,
               targets: Sequence[PatchTarget], metric: Metric, *, batch_size: int = 16,
               method: str = "batched", progress: bool = False) -> SweepResult:
     """Evaluate ``metric`` with each target patched, teacher-forced on ``decoder_input_ids``.
 
     Args:
-        input_features: ``(batch, n_mels, 3000)`` log-mel features.
+        input_features: ``(batch, n_mels, 3000)`` log-mel features, or the clips' :class:`~asrinterp_utils.run.Encoded`
+            (e.g. ``CleanAndReference.clean``), whose encoder output then serves every decoder-only target and the
+            baseline instead of a new encoder pass (targets that patch the encoder run it from the features).
         decoder_input_ids: ``(batch, tokens)`` (prompt + transcript).
         targets: what to patch (see :func:`head_targets`, :func:`component_targets`).
         metric: ``metric(logits, ids) -> (batch,)``.
@@ -364,9 +394,7 @@ def run_sweep(model: Any, input_features: torch.Tensor, decoder_input_ids: torch
         method: ``"batched"`` (default) or ``"naive"`` (one full forward per target: the reference).
     """
     hf = hf_model(model)
-    device = next(hf.parameters()).device
-    feats = input_features.to(device=device, dtype=next(hf.parameters()).dtype)
-    ids = decoder_input_ids.to(device)
+    feats, ids, given_states = _inputs(model, input_features, decoder_input_ids, "run_sweep")
     batch = feats.shape[0]
     values = torch.empty(len(targets), batch)
     if method == "naive":
@@ -382,7 +410,8 @@ def run_sweep(model: Any, input_features: torch.Tensor, decoder_input_ids: torch
     decoder_only = all(side <= {"dec"} for side in sides)
     if all(side == {"enc"} for side in sides) and targets:
         return _encoder_sweep(model, feats, ids, targets, metric, batch_size, progress)
-    encoder_out = run.encode_features(model, feats)  # decoder-only targets: once for every target
+    # decoder-only targets: one encoder output for every target (the caller's, where given)
+    encoder_out = given_states if given_states is not None else run.encode_features(model, feats)
     baseline = _check_metric(metric(run.teacher_force(model, encoder_out, ids), ids), batch)
     chunks = [targets[i:i + batch_size] for i in range(0, len(targets), batch_size)]
     for c, chunk in enumerate(_progress(chunks, progress, "batched sweep")):
@@ -524,8 +553,10 @@ def _target_side(model: Any, target: PatchTarget) -> set[str]:
     return {p.side for name in target.interventions for p in resolve_hook_points(model, name)}
 
 
-def _rowwise(target: PatchTarget, dst: list[int], src: list[int]) -> dict[str, list[Intervention]]:
-    """The target's interventions restricted to rows ``dst``; a ``REFERENCE`` value reads rows ``src``."""
+def _rowwise(target: PatchTarget, dst: list[int] | None, src: Any) -> dict[str, list[Intervention]]:
+    """The target's interventions restricted to rows ``dst`` (None: every row). A ``REFERENCE`` value reads rows
+    ``src`` of the same batch (a list of row indices), or ``src`` is a cache of the reference clips' run, row for
+    row with the patched clips."""
     out: dict[str, list[Intervention]] = {}
     for name, ivs in target.interventions.items():
         for iv in (ivs if isinstance(ivs, (list, tuple)) else [ivs]):
@@ -534,7 +565,8 @@ def _rowwise(target: PatchTarget, dst: list[int], src: list[int]) -> dict[str, l
             if iv.value is REFERENCE:
                 if iv.mode != "replace":
                     raise ValueError(f"{target.label}: REFERENCE is a source for replace(), not {iv.mode}()")
-                iv = Intervention("from_rows", src, iv.heads, iv.positions, dst)
+                iv = (Intervention("from_rows", src, iv.heads, iv.positions, dst) if isinstance(src, list)
+                      else Intervention("replace", src, iv.heads, iv.positions, dst))
             else:
                 iv = Intervention(iv.mode, iv.value, iv.heads, iv.positions, dst)
             out.setdefault(name, []).append(iv)
@@ -623,6 +655,37 @@ def encode_clips(lm: Any, audio_list: Sequence[Any], reference: Any = "white_noi
     return EncodedClips(clean.features, ref.features, clean.states, ref.states, id(lm.model))
 
 
+def _encoder_patched(lm: Any, clean_feats: torch.Tensor, ref_feats: torch.Tensor, targets: Sequence[PatchTarget],
+                     decode: Callable[[torch.Tensor], list], encoder_rows: int, progress: bool
+                     ) -> tuple[list[list[list[int]]], torch.Tensor]:
+    """Greedy transcripts with encoder targets patched, in blocks of clips: a block's reference clips run once,
+    caching the points the targets read from ``REFERENCE`` (an encoder activation depends on its own clip only,
+    so this is the value a reference row stacked beside each patched row would compute), then each target runs
+    on the block's clean clips. One reference pass per clip and one patched pass per target and clip (stacking a
+    reference row beside every patched row took two per target and clip). Returns ``([target][clip] -> text token
+    ids, the reference clips' encoder output (batch, frames, d_model))``."""
+    from .cache import cache_activations
+
+    points = sorted({p.name for t in targets for name, ivs in t.interventions.items()
+                     if any(iv.value is REFERENCE for iv in (ivs if isinstance(ivs, (list, tuple)) else [ivs]))
+                     for p in resolve_hook_points(lm, name)})
+    results: list[list[Any]] = [[None] * len(clean_feats) for _ in targets]
+    ref_states = []
+    block = max(1, encoder_rows)
+    for start in _progress(range(0, len(clean_feats), block), progress, "encoder patches"):
+        rows = slice(start, start + block)
+        if points:
+            with cache_activations(lm, points) as reference_cache:
+                ref_states.append(run.encode_features(lm, ref_feats[rows]))
+        else:  # no target reads the reference
+            reference_cache = None
+            ref_states.append(run.encode_features(lm, ref_feats[rows]))
+        for i, target in enumerate(targets):
+            patched = run.encode_features(lm, clean_feats[rows], patches=_rowwise(target, None, reference_cache))
+            results[i][rows] = decode(patched)
+    return results, torch.cat(ref_states)
+
+
 @torch.no_grad()
 def generate_sweep(lm: Any, audio_list: Sequence[Any], targets: Sequence[PatchTarget], *,
                    reference: Any = "white_noise", max_new_tokens: int = 96, batch_rows: int = 256,
@@ -637,8 +700,8 @@ def generate_sweep(lm: Any, audio_list: Sequence[Any], targets: Sequence[PatchTa
     clip's own transcript exactly.
 
     Targets may patch decoder points (the encoder runs once per clip and the cross-attention keys and values are
-    projected once and shared by all targets) or encoder points (each target's encoder runs on its own copy, the
-    reference encoder run stacked beside it); not both in one sweep.
+    projected once and shared by all targets) or encoder points (the reference clips' encoder runs once, caching
+    what the targets read, then each target's encoder runs on the clean clips); not both in one sweep.
 
     Args:
         audio_list: clips, 1-D float32 arrays at 16 kHz; or :class:`EncodedClips` from :func:`encode_clips`, to
@@ -647,7 +710,7 @@ def generate_sweep(lm: Any, audio_list: Sequence[Any], targets: Sequence[PatchTa
         reference: ``"white_noise"`` or a list of clips, one per clip.
         max_new_tokens: most tokens per transcript.
         batch_rows: most decoder rows per forward (each target and clip takes two: patched and reference).
-        encoder_rows: most encoder rows per forward, for encoder targets (patched rows and their references).
+        encoder_rows: most clips per encoder forward, for encoder targets.
         method: ``"batched"`` or ``"naive"`` (one clip and one target at a time, encoder rerun, nothing shared).
     """
     if method not in ("batched", "naive"):
@@ -662,40 +725,38 @@ def generate_sweep(lm: Any, audio_list: Sequence[Any], targets: Sequence[PatchTa
         if not (isinstance(reference, str) and reference == "white_noise"):
             raise ValueError("the reference of EncodedClips is fixed by encode_clips; leave reference out here")
         encoded = audio_list
+    elif sides == {"enc"} and method == "batched":
+        encoded = None  # the reference clips' encoder pass below gives their outputs too
     else:
         encoded = encode_clips(lm, audio_list, reference)
+    decode = lambda st: run.greedy(lm, st, max_new_tokens=max_new_tokens).text_ids  # noqa: E731
+    if sides == {"enc"} and method == "batched":
+        if encoded is None:
+            clips = list(audio_list)
+            clean = store.encoded(lm, clips)
+            ref_feats, _ = lm.features(_reference_clips(clips, reference))
+            results, ref_states = _encoder_patched(lm, clean.features, ref_feats, targets, decode, encoder_rows,
+                                                   progress)
+            encoded = EncodedClips(clean.features, ref_feats, clean.states, ref_states, id(lm.model))
+        else:
+            results, _ = _encoder_patched(lm, encoded.clean_features, encoded.reference_features, targets, decode,
+                                          encoder_rows, progress)
     clean_feats, ref_feats = encoded.clean_features, encoded.reference_features
     clean_states, ref_states = encoded.clean_states, encoded.reference_states
     batch = len(clean_feats)
     text = lambda ids: _text(lm, ids)  # noqa: E731
-    decode = lambda st: run.greedy(lm, st, max_new_tokens=max_new_tokens).text_ids  # noqa: E731
     reference_key = ("reference", max_new_tokens)
 
     if sides == {"enc"}:
         baseline = encoded.decoded(("baseline", "enc", max_new_tokens), lambda: decode(clean_states))
-        results = []
         if method == "naive":
+            results = []
             for target in _progress(targets, progress, "encoder patches (naive)"):
                 per_clip = []
                 for b in range(batch):  # one clip at a time, its reference stacked beside it
                     pair = torch.cat([clean_feats[b:b + 1], ref_feats[b:b + 1]])
                     per_clip.append(decode(run.encode_features(lm, pair, patches=_rowwise(target, [0], [1]))[:1])[0])
                 results.append(per_clip)
-        else:
-            pairs = [(i, b) for i in range(len(targets)) for b in range(batch)]
-            per_forward = max(1, encoder_rows // 2)
-            texts_by_pair: dict[tuple[int, int], list[int]] = {}
-            chunks = [pairs[i:i + per_forward] for i in range(0, len(pairs), per_forward)]
-            for chunk in _progress(chunks, progress, "encoder patches"):
-                clips = sorted({b for _, b in chunk})  # each clip's reference row once, after the patched rows
-                ref_row = {b: len(chunk) + j for j, b in enumerate(clips)}
-                plan: dict[str, list[Intervention]] = {}
-                for row, (i, b) in enumerate(chunk):
-                    _merge(plan, _rowwise(targets[i], [row], [ref_row[b]]))
-                stacked = torch.cat([clean_feats[[b for _, b in chunk]], ref_feats[clips]])
-                ids = decode(run.encode_features(lm, stacked, patches=plan)[:len(chunk)])
-                texts_by_pair.update(zip(chunk, ids))
-            results = [[texts_by_pair[(i, b)] for b in range(batch)] for i in range(len(targets))]
     else:
         key = ("baseline", "dec", max_new_tokens)
         results = []
@@ -761,7 +822,7 @@ class AttributionResult:
         return labels, torch.stack(rows)
 
 
-def attribution_patching(model: Any, input_features: torch.Tensor, decoder_input_ids: torch.Tensor,
+def attribution_patching(model: Any, input_features: Any, decoder_input_ids: torch.Tensor,
                          names: Sequence[str] | str, reference: Any, metric: Metric) -> AttributionResult:
     """Attribution patching (Nanda 2023; Syed et al. 2023): estimate, for every hook point in ``names`` and every
     head of a per-head point, how much ``metric`` would change if that activation took its ``reference`` value,
@@ -772,7 +833,9 @@ def attribution_patching(model: Any, input_features: torch.Tensor, decoder_input
     moves the model far from the clean run: compare with :func:`run_sweep` before trusting it.
 
     Args:
-        input_features: ``(batch, n_mels, 3000)``; decoder_input_ids: ``(batch, tokens)`` (teacher forcing).
+        input_features: ``(batch, n_mels, 3000)``, or the clips' :class:`~asrinterp_utils.run.Encoded` (its encoder
+            output is reused when every point is a decoder point); decoder_input_ids: ``(batch, tokens)`` (teacher
+            forcing).
         names: hook points (patterns allowed), e.g. ``"dec.*.cross_head_out"``.
         reference: an :class:`~asrinterp_utils.cache.ActivationCache` of the reference run holding ``names``,
             laid out like the clean run (same tokens; e.g. the white-noise run teacher-forced on the same ids).
@@ -789,11 +852,12 @@ def attribution_patching(model: Any, input_features: torch.Tensor, decoder_input
         return fn
 
     from .hooks import apply
-    device = next(hf.parameters()).device
-    feats = input_features.to(device=device, dtype=next(hf.parameters()).dtype)
-    ids = decoder_input_ids.to(device)
-    # decoder points only: the encoder runs once without a graph (nothing it computes needs a gradient)
-    encoder_out = run.encode_features(model, feats) if all(p.side == "dec" for p in points) else None
+    feats, ids, given_states = _inputs(model, input_features, decoder_input_ids, "attribution_patching")
+    # decoder points only: the encoder runs once without a graph (nothing it computes needs a gradient), or not at
+    # all where the caller gives its output
+    encoder_out = None
+    if all(p.side == "dec" for p in points):
+        encoder_out = given_states if given_states is not None else run.encode_features(model, feats)
     with torch.enable_grad(), patch(model, {p.name: apply(capture(p.name)) for p in points}):
         if encoder_out is None:
             logits = hf(feats, decoder_input_ids=ids).logits

@@ -218,6 +218,11 @@ CASES = [
     ("patching: features and ids of different batches", lambda: patching.run_sweep(
         LM, FEATS[:1], IDS, patching.component_targets(LM, "dec.*.mlp_out"), METRIC), ValueError,
      "decoder_input_ids"),
+    ("patching: an Encoded run whose states are of fewer clips", lambda: patching.run_sweep(
+        LM, run.Encoded(FEATS, torch.tensor([150, 150]), torch.zeros(1, 150, 16)), IDS,
+        patching.component_targets(LM, "dec.*.mlp_out"), METRIC), ValueError, "1 rows of encoder states"),
+    ("patching: attribution on features and ids of different batches", lambda: patching.attribution_patching(
+        LM, FEATS[:1], IDS, "dec.*.mlp_out", None, METRIC), ValueError, "attribution_patching: 1 clips"),
     ("patching: token_logprob starting past the tokens", lambda: patching.token_logprob(start=10)(
         torch.zeros(2, 4, 8), IDS), ValueError, "start must be in 1..3"),
     ("patching: kl_from on logits of other clips", lambda: patching.kl_from(torch.zeros(2, 4, 8), start=2)(

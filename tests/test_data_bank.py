@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -49,6 +50,19 @@ def test_rebuild_reuses_the_cache_and_a_new_spec_reuses_clips(monkeypatch):
                            fast_max_voices=6)
     grown = bank.speech_dataset(bigger, fast=True, progress=False)
     assert len(grown) == 6 * 3 and len(calls) == 6  # only the new sentence was synthesised
+
+
+def test_a_moved_cache_still_finds_its_clips(monkeypatch, tmp_path):
+    """The table stores absolute paths; read from a cache moved to another folder, every path must point into the
+    new folder (it pointed at the old one, and every chapter failed to open its audio)."""
+    first = bank.speech_dataset(SMALL, fast=True, progress=False)
+    moved = tmp_path / "moved"
+    shutil.move(str(tmp_path / "cache"), str(moved))
+    monkeypatch.setenv("ASRINTERP_CACHE", str(moved))
+    again = bank.speech_dataset(SMALL, fast=True, progress=False)
+    assert list(again.clip_id) == list(first.clip_id)
+    assert all(p.startswith(str(moved)) and Path(p).is_file() for p in again.path)
+    pd.testing.assert_frame_equal(first.drop(columns="path"), again.drop(columns="path"), check_dtype=False)
 
 
 def test_interrupted_build_leaves_nothing_half_written_and_resumes(monkeypatch, tmp_path):

@@ -75,6 +75,34 @@ def test_attribution_is_exact_for_a_metric_linear_in_the_activation(toy, toy_inp
     assert hooks.active_hook_count(toy) == 0
 
 
+def test_an_encoded_run_serves_decoder_sweeps_without_an_encoder_pass(toy, toy_inputs, source, monkeypatch):
+    """Given the clips' Encoded run, a decoder-only sweep and attribution patching read its encoder output (the
+    same numbers as from the features) and run no encoder; encoder targets still run it from the features."""
+    feats, _, ids = toy_inputs
+    encoded = run.Encoded(feats, torch.tensor([150, 150]), run.encode_features(toy, feats))
+    metric = patching.token_logprob(start=2)
+    targets = patching.head_targets(toy, "cross_head_out", source=source)
+    from_features = patching.run_sweep(toy, feats, ids, targets, metric)
+    attr_features = patching.attribution_patching(toy, feats, ids, "dec.*.cross_head_out", source, metric)
+    calls = []
+    real_encode = run.encode_features
+    monkeypatch.setattr(run, "encode_features", lambda *a, **k: calls.append(1) or real_encode(*a, **k))
+    from_encoded = patching.run_sweep(toy, encoded, ids, targets, metric)
+    attr_encoded = patching.attribution_patching(toy, encoded, ids, "dec.*.cross_head_out", source, metric)
+    assert calls == []
+    assert torch.equal(from_encoded.values, from_features.values)
+    assert torch.equal(from_encoded.baseline, from_features.baseline)
+    assert torch.allclose(attr_encoded.labels_and_values()[1], attr_features.labels_and_values()[1], atol=1e-6)
+    encoder_targets = patching.head_targets(toy, "head_out", source=source)
+    assert torch.allclose(patching.run_sweep(toy, encoded, ids, encoder_targets, metric).values,
+                          patching.run_sweep(toy, feats, ids, encoder_targets, metric).values, atol=1e-6)
+    assert calls  # the encoder targets ran the encoder
+    with pytest.raises(ValueError, match="3 rows of decoder_input_ids"):
+        patching.run_sweep(toy, encoded, ids[[0, 1, 1]], targets, metric)
+    with pytest.raises(ValueError, match="1 rows of encoder states"):
+        patching.run_sweep(toy, run.Encoded(feats, encoded.n_frames, encoded.states[:1]), ids, targets, metric)
+
+
 def test_logit_diff_per_clip_matches_one_clip_at_a_time():
     logits = torch.randn(6, 5, 9)  # 3 targets x 2 clips stacked
     metric = patching.logit_diff(position=[1, 3], good=[4, 5], bad=[0, 2])

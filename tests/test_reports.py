@@ -146,6 +146,24 @@ def test_semantic_bias_is_judged_by_its_cross_fitted_interval_when_saved(results
     assert set(forest.scale) == {"change in logit difference"} and (forest.null == 0).all()
 
 
+def test_target_word_accuracy_is_judged_on_held_out_clips_when_saved(results):
+    saved = copy.deepcopy(results)
+    saved["semantic_bias"]["held_out_generation"] = {
+        m: {"best": "enc.1.mlp_out", "clips": 120, "sentences": 20, "change": 0.05, "ci_low": 0.01, "ci_high": 0.09,
+            "gained": 8, "lost": 2, "mcnemar_p": 0.11, "counts": {}} for m in saved["semantic_bias"]["sweep"]}
+    claims = [c for c in reports.reproduction_claims(saved) if c.section == "Semantic bias in the encoder"]
+    assert len(claims) == 2 and claims[1].scale == "change in target-word accuracy"
+    accuracy = claims[1]
+    assert accuracy.from_interval and accuracy.verdict == reports.SUPPORTED
+    assert "120 held-out clips: +0.050 [+0.010, +0.090]" in accuracy.ours["tiny.en"]
+    for h in saved["semantic_bias"]["held_out_generation"].values():
+        h.update(change=-0.02, ci_low=-0.08, ci_high=0.03)
+    accuracy = [c for c in reports.reproduction_claims(saved) if c.section == "Semantic bias in the encoder"][1]
+    assert accuracy.verdict == reports.INCONCLUSIVE
+    saved["semantic_bias"].pop("held_out_generation")  # an older chapter's results: the logit-difference claim only
+    assert len([c for c in reports.reproduction_claims(saved) if c.section == "Semantic bias in the encoder"]) == 1
+
+
 def test_loops_resolved_are_judged_cross_fitted_when_saved(results):
     saved = copy.deepcopy(results)
     for r in saved["repetition_hallucinations"].values():

@@ -317,8 +317,11 @@ def speech_dataset(name: str | BankSpec, *, fast: bool | None = None, rebuild: b
 
 
 def _read_table(table_path: Path) -> pd.DataFrame:
-    return pd.read_csv(table_path, keep_default_na=False, na_values=[""]).assign(
-        snr_db=lambda d: d.snr_db.astype(float))
+    """A dataset's table, with each clip's ``path`` found again from its ``clip_id`` under today's
+    ``cache_dir("bank")``: the path written is absolute, so a cache moved or copied to another folder or machine
+    (or read through another ``ASRINTERP_CACHE``) would otherwise point at where the clips used to be."""
+    table = pd.read_csv(table_path, keep_default_na=False, na_values=[""])
+    return table.assign(snr_db=table.snr_db.astype(float), path=[str(_clip_path(c)) for c in table.clip_id])
 
 
 def _build_dataset(spec: BankSpec, fast: bool, table_path: Path, workers: int | None,
