@@ -19,6 +19,7 @@ Targets that patch encoder points still run batched (``K`` targets per forward),
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -553,23 +554,28 @@ def _target_side(model: Any, target: PatchTarget) -> set[str]:
     return {p.side for name in target.interventions for p in resolve_hook_points(model, name)}
 
 
+def _interventions(target: PatchTarget) -> list[tuple[str, Intervention]]:
+    """``(point name, intervention)`` for each of the target's interventions (a name may hold one or a list)."""
+    return [(name, iv) for name, ivs in target.interventions.items()
+            for iv in (ivs if isinstance(ivs, (list, tuple)) else [ivs])]
+
+
 def _rowwise(target: PatchTarget, dst: list[int] | None, src: Any) -> dict[str, list[Intervention]]:
     """The target's interventions restricted to rows ``dst`` (None: every row). A ``REFERENCE`` value reads rows
     ``src`` of the same batch (a list of row indices), or ``src`` is a cache of the reference clips' run, row for
     row with the patched clips."""
     out: dict[str, list[Intervention]] = {}
-    for name, ivs in target.interventions.items():
-        for iv in (ivs if isinstance(ivs, (list, tuple)) else [ivs]):
-            if iv.rows is not None:
-                raise ValueError(f"{target.label}: rows are set by the sweep; leave Intervention.rows as None")
-            if iv.value is REFERENCE:
-                if iv.mode != "replace":
-                    raise ValueError(f"{target.label}: REFERENCE is a source for replace(), not {iv.mode}()")
-                iv = (Intervention("from_rows", src, iv.heads, iv.positions, dst) if isinstance(src, list)
-                      else Intervention("replace", src, iv.heads, iv.positions, dst))
-            else:
-                iv = Intervention(iv.mode, iv.value, iv.heads, iv.positions, dst)
-            out.setdefault(name, []).append(iv)
+    for name, iv in _interventions(target):
+        if iv.rows is not None:
+            raise ValueError(f"{target.label}: rows are set by the sweep; leave Intervention.rows as None")
+        if iv.value is REFERENCE:
+            if iv.mode != "replace":
+                raise ValueError(f"{target.label}: REFERENCE is a source for replace(), not {iv.mode}()")
+            iv = (Intervention("from_rows", src, iv.heads, iv.positions, dst) if isinstance(src, list)
+                  else Intervention("replace", src, iv.heads, iv.positions, dst))
+        else:
+            iv = Intervention(iv.mode, iv.value, iv.heads, iv.positions, dst)
+        out.setdefault(name, []).append(iv)
     return out
 
 
@@ -579,8 +585,7 @@ def _merge(into: dict[str, list[Intervention]], more: dict[str, list[Interventio
 
 
 def _reads_reference(target: PatchTarget) -> bool:
-    return any(iv.value is REFERENCE for ivs in target.interventions.values()
-               for iv in (ivs if isinstance(ivs, (list, tuple)) else [ivs]))
+    return any(iv.value is REFERENCE for _, iv in _interventions(target))
 
 
 def _patched_greedy(lm: Any, clean_states: torch.Tensor, ref_states: torch.Tensor, chunk: Sequence[PatchTarget],
@@ -666,19 +671,15 @@ def _encoder_patched(lm: Any, clean_feats: torch.Tensor, ref_feats: torch.Tensor
     ids, the reference clips' encoder output (batch, frames, d_model))``."""
     from .cache import cache_activations
 
-    points = sorted({p.name for t in targets for name, ivs in t.interventions.items()
-                     if any(iv.value is REFERENCE for iv in (ivs if isinstance(ivs, (list, tuple)) else [ivs]))
+    points = sorted({p.name for t in targets for name, iv in _interventions(t) if iv.value is REFERENCE
                      for p in resolve_hook_points(lm, name)})
     results: list[list[Any]] = [[None] * len(clean_feats) for _ in targets]
     ref_states = []
     block = max(1, encoder_rows)
     for start in _progress(range(0, len(clean_feats), block), progress, "encoder patches"):
         rows = slice(start, start + block)
-        if points:
-            with cache_activations(lm, points) as reference_cache:
-                ref_states.append(run.encode_features(lm, ref_feats[rows]))
-        else:  # no target reads the reference
-            reference_cache = None
+        # no cache where no target reads the reference (reference_cache is then None)
+        with (cache_activations(lm, points) if points else contextlib.nullcontext()) as reference_cache:
             ref_states.append(run.encode_features(lm, ref_feats[rows]))
         for i, target in enumerate(targets):
             patched = run.encode_features(lm, clean_feats[rows], patches=_rowwise(target, None, reference_cache))
@@ -719,19 +720,18 @@ def generate_sweep(lm: Any, audio_list: Sequence[Any], targets: Sequence[PatchTa
     if sides == {"enc", "dec"}:
         raise ValueError("generate_sweep patches either encoder points or decoder points in one sweep, not both; "
                          "run two sweeps")
+    encoder_batched = sides == {"enc"} and method == "batched"
     if isinstance(audio_list, EncodedClips):
         if audio_list.model_id != id(lm.model):
             raise ValueError("these EncodedClips were encoded by another model: call encode_clips with this one")
         if not (isinstance(reference, str) and reference == "white_noise"):
             raise ValueError("the reference of EncodedClips is fixed by encode_clips; leave reference out here")
         encoded = audio_list
-    elif sides == {"enc"} and method == "batched":
-        encoded = None  # the reference clips' encoder pass below gives their outputs too
-    else:
+    elif not encoder_batched:  # batched encoder targets: the reference clips' pass below gives their outputs
         encoded = encode_clips(lm, audio_list, reference)
     decode = lambda st: run.greedy(lm, st, max_new_tokens=max_new_tokens).text_ids  # noqa: E731
-    if sides == {"enc"} and method == "batched":
-        if encoded is None:
+    if encoder_batched:
+        if not isinstance(audio_list, EncodedClips):
             clips = list(audio_list)
             clean = store.encoded(lm, clips)
             ref_feats, _ = lm.features(_reference_clips(clips, reference))
