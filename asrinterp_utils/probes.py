@@ -654,10 +654,13 @@ class ProbeSweep:
             resamples speakers), free of the optimism of choosing the layer on the clips that score it.
         results: ``{source: ProbeResult}``.
         controls: ``{source: ProbeResult}`` of the shuffled-label control (empty without controls).
+        seed, n_bootstrap: those of :func:`probe_sources`, for the cross-fitted choice in :meth:`top`.
     """
     table: pd.DataFrame
     results: dict
     controls: dict
+    seed: int = 0
+    n_bootstrap: int = 1000
 
     def best(self) -> pd.DataFrame:
         """One row per source: its best layer (the rows with ``is_best``)."""
@@ -666,13 +669,33 @@ class ProbeSweep:
     def top(self, exclude: Sequence[str] = ()) -> tuple[pd.Series, pd.DataFrame]:
         """The most accurate source at its best layer, among the sources not in ``exclude`` (e.g. the log-mel
         input), and that probe's out-of-fold predictions: its row of :meth:`best` and the
-        :meth:`ProbeResult.predictions_frame` rows of its layer, in sample order."""
+        :meth:`ProbeResult.predictions_frame` rows of its layer, in sample order.
+
+        The row's ``accuracy`` is read off the clips that chose the source and the layer. Its ``crossfit_accuracy``
+        (with ``crossfit_low, crossfit_high``) is not the table's per-source value: here the source *and* the layer
+        are chosen together on half the speakers and scored on the other half (:func:`cross_fitted_best` over
+        every kept source's layers), so choosing between poolings or models costs the estimate its optimism too.
+        ``crossfit_choice`` names what all the speakers would choose (``"<source>, layer <L>"``) and
+        ``crossfit_agreement`` the share of folds that chose it as well."""
         best = self.best()
         best = best[~best.source.isin(list(exclude))]
         if best.empty:
             raise ValueError(f"top: no source left after excluding {list(exclude)}; the sweep has "
                              f"{sorted(self.results)}")
-        row = best.sort_values("accuracy").iloc[-1]
+        row = best.sort_values("accuracy").iloc[-1].copy()
+        kept = list(best.source)
+        correct = pd.concat([pd.DataFrame(self.results[name].correct.T,
+                                          columns=[f"{name}, layer {layer}" for layer in range(
+                                              self.results[name].n_layers)])
+                             for name in kept], axis=1)                    # (n_samples, candidates)
+        groups = self.results[kept[0]].groups
+        fitted = cross_fitted_best(correct, groups=groups, seed=self.seed)
+        row["crossfit_accuracy"] = float(fitted.values.mean())
+        row["crossfit_low"] = row["crossfit_high"] = np.nan
+        if self.n_bootstrap > 0:
+            estimate = bootstrap_mean(fitted.values, groups=groups, n_resamples=self.n_bootstrap, seed=self.seed)
+            row["crossfit_low"], row["crossfit_high"] = estimate.low, estimate.high
+        row["crossfit_choice"], row["crossfit_agreement"] = fitted.best_overall, fitted.agreement
         predictions = self.results[row.source].predictions_frame()
         return row, predictions[predictions.layer == row.layer].reset_index(drop=True)
 
@@ -730,7 +753,8 @@ def probe_sources(sources: dict, labels: Any, groups: Any, *, shuffled_control: 
             estimate = bootstrap_mean(fitted, groups=groups, n_resamples=n_bootstrap, seed=seed)
             table["crossfit_low"], table["crossfit_high"] = estimate.low, estimate.high
         frames.append(table)
-    return ProbeSweep(table=pd.concat(frames, ignore_index=True), results=results, controls=controls)
+    return ProbeSweep(table=pd.concat(frames, ignore_index=True), results=results, controls=controls, seed=seed,
+                      n_bootstrap=n_bootstrap)
 
 
 def fit_probe(features: Any, labels: Any, groups: Any, *, Cs: Sequence[float] = DEFAULT_CS, inner_splits: int = 3,

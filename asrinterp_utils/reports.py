@@ -221,9 +221,10 @@ def _hallucinations(results: dict) -> list[Claim]:
                   "the best decoder probe's 95 % interval lies above chance", RESULT_FILES["predicting_hallucinations"],
                   note="our good/bad label is confounded with the input condition; see the chapter",
                   reported_value=0.934)
+    chosen = results.get("good_vs_bad_chosen", {})  # pooling and layer cross-fitted together, where saved
     for model, rows in _by_model(results["good_vs_bad"]).items():
         decoder = [r for r in rows if r["source"] != "log-mel input"]
-        best = max(decoder, key=lambda r: r["accuracy"])
+        best = chosen.get(model) or max(decoder, key=lambda r: r["accuracy"])
         mel = next((r for r in rows if r["source"] == "log-mel input"), None)
         probe.ours[model] = (f"{_accuracy_text(best)} ({best['source']}, layer {best['layer']} of "
                              f"{best['n_layers']})"

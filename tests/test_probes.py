@@ -285,6 +285,26 @@ def test_probe_sources_scores_every_source_on_the_same_splits_with_controls():
     assert sweep.top(exclude=["model"])[0].source == "baseline"
     with pytest.raises(ValueError, match="no source left"):
         sweep.top(exclude=["model", "baseline"])
+    # the source and the layer chosen together on other speakers: with one source kept it is the table's
+    # per-source cross-fit; with both, the planted layer still wins on every fold
+    alone = sweep.top(exclude=["baseline"])[0]
+    assert alone.crossfit_accuracy == pytest.approx(model.crossfit_accuracy)
+    assert (alone.crossfit_low, alone.crossfit_high) == pytest.approx((model.crossfit_low, model.crossfit_high))
+    assert top.crossfit_choice == f"model, layer {SIGNAL_LAYER}" and top.crossfit_agreement == 1.0
+    assert top.crossfit_accuracy == pytest.approx(model.crossfit_accuracy)
+
+
+def test_top_pays_for_choosing_among_sources_on_pure_noise():
+    """Six sources of noise, four layers each: the in-sample winner of 24 looks better than chance, the same choice
+    made on half the speakers and scored on the other half does not."""
+    _, labels, groups = synthetic(per_speaker=True)
+    rng = np.random.default_rng(11)
+    sources = {f"noise {k}": rng.normal(size=(len(labels), 4, 6)) for k in range(6)}
+    sweep = probes.probe_sources(sources, labels, groups, shuffled_control=False, n_splits=3, n_bootstrap=100)
+    top, _ = sweep.top()
+    assert top.accuracy > top.crossfit_accuracy
+    assert top.crossfit_low < 0.5 < top.crossfit_high
+    assert top.crossfit_choice == f"{top.source}, layer {int(top.layer)}"
 
 
 def test_good_and_bad_balances_zero_wer_clips_against_the_worst():
