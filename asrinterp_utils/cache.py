@@ -102,6 +102,17 @@ class ActivationCache(Mapping):
         return ActivationCache({n: self[n] + step * (other[n] - self[n]) for n in names}, pooled=self.pooled,
                                meta=self.meta)
 
+    def rows(self, rows: Sequence[int]) -> "ActivationCache":
+        """A cache of the clips ``rows`` only (every layout has the batch first): e.g. the first clips of a run,
+        to patch a smaller batch of those clips from it."""
+        index = torch.as_tensor(list(rows), dtype=torch.long)
+        sizes = {self[n].shape[0] for n in self}
+        if index.numel() == 0 or (sizes and (int(index.min()) < 0 or int(index.max()) >= min(sizes))):
+            raise ValueError(f"rows: give row indices in 0..{min(sizes, default=0) - 1} (the cache holds "
+                             f"{min(sizes, default=0)} clips); got {list(rows)[:8]}")
+        return ActivationCache({n: self[n][index.to(self[n].device)] for n in self}, pooled=self.pooled,
+                               meta=self.meta)
+
     def to(self, device: Union[str, torch.device]) -> "ActivationCache":
         """A copy with every tensor on ``device``."""
         return ActivationCache({n: self[n].to(device) for n in self}, pooled=self.pooled, meta=self.meta)

@@ -60,7 +60,9 @@ def _verdict(exercise: str, answer: Any, right: bool, why: str, wrong: str) -> C
 def _patch_change(lm: Any, features: torch.Tensor, decoder_input_ids: torch.Tensor, source_cache: Any, point: str,
                   metric: Any) -> float:
     """Mean over clips of ``metric`` patched minus clean, hook point ``point`` taking its value from ``source_cache``,
-    computed by :func:`~asrinterp_utils.patching.run_sweep` (a different code path from a hand-written patch)."""
+    computed by :func:`~asrinterp_utils.patching.run_sweep` (a different code path from a hand-written patch).
+    ``features``: the clips' log-mel features, or their :class:`~asrinterp_utils.run.Encoded` run (then the
+    encoder does not run again)."""
     from .patching import component_targets, run_sweep
 
     sweep = run_sweep(lm, features, decoder_input_ids, component_targets(lm, point, source=source_cache), metric)
@@ -132,6 +134,12 @@ def check_lens_equals_logits(answer: float | Any) -> CheckResult:
 # Chapter 7: activation patching
 # ---------------------------------------------------------------------------------------------------------------
 
+def _end_of_text(lm: Any) -> int:
+    """The ``<|endoftext|>`` id: the chapter's metric scores each transcript up to its end, not the copies that pad
+    it in a batch (:func:`~asrinterp_utils.patching.token_logprob`)."""
+    return int(lm.model.generation_config.eos_token_id)
+
+
 def check_single_patch(answer: float | Any, lm: Any, features: torch.Tensor, decoder_input_ids: torch.Tensor,
                        reference_cache: Any, point: str, start: int) -> CheckResult:
     """Exercise 7.1: the change in the mean log-probability of the tokens from position ``start`` on (patched minus
@@ -140,7 +148,8 @@ def check_single_patch(answer: float | Any, lm: Any, features: torch.Tensor, dec
     for."""
     from .patching import token_logprob
 
-    truth = _patch_change(lm, features, decoder_input_ids, reference_cache, point, token_logprob(start))
+    metric = token_logprob(start, end_of_text=_end_of_text(lm))
+    truth = _patch_change(lm, features, decoder_input_ids, reference_cache, point, metric)
     ok = not _unanswered(answer) and abs(float(answer) - truth) < 1e-3 * max(1.0, abs(truth))
     return _verdict("Exercise 7.1", answer, ok,
                     f"patching `{point}` from the reference changes the mean log-probability by {truth:+.3f} nats.",
@@ -156,7 +165,7 @@ def check_most_damaging_head(answer: str | Any, lm: Any, features: torch.Tensor,
     from .patching import head_targets, run_sweep, token_logprob
 
     targets = head_targets(lm, "cross_head_out", source=reference_cache)
-    sweep = run_sweep(lm, features, decoder_input_ids, targets, token_logprob(start))
+    sweep = run_sweep(lm, features, decoder_input_ids, targets, token_logprob(start, end_of_text=_end_of_text(lm)))
     change = (sweep.values - sweep.baseline).mean(dim=1)
     best = sweep.labels[int(change.argmin())]
     given = None if _unanswered(answer) else str(answer)

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from . import run, store
+from . import run, stats, store
 from .hooks import Intervention, hf_model, patch, replace, resolve_hook_points, whisper_core, zero
 
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -67,6 +67,49 @@ class SweepResult:
             delta = delta[:, list(clips)]
         return layer_grid(dict(zip(self.labels, delta.mean(dim=1).tolist())), columns)
 
+    def changes(self):
+        """The change from the baseline as a ``(clips, targets)`` DataFrame, columns named by the targets."""
+        import pandas as pd
+
+        return pd.DataFrame((self.values - self.baseline).T.double().numpy(), columns=self.labels)
+
+    def best_held_out(self, groups: Any = None, *, largest: bool = True, seed: int = 0) -> "HeldOutBest":
+        """The target with the largest (``largest=False``: the most negative) mean change, chosen on half the
+        clips and measured on the other half, and the other way round (:func:`~asrinterp_utils.stats.
+        cross_fitted_best`): every clip is scored by a choice it took no part in, so the estimate lacks the optimism
+        of the best of many targets read off the clips that chose it. ``groups (clips,)`` keeps clips of one
+        speaker or sentence on one side and is what the interval resamples (:func:`~asrinterp_utils.stats.
+        bootstrap_mean`)."""
+        fit = stats.cross_fitted_best(self.changes(), groups=groups, seed=seed, higher_is_better=largest)
+        in_sample = self.changes()[fit.best_overall].mean()
+        return HeldOutBest(fit.best_overall, float(in_sample), fit.agreement, list(dict.fromkeys(fit.chosen)),
+                           stats.bootstrap_mean(fit.values, groups=groups, seed=seed))
+
+
+@dataclass(frozen=True)
+class HeldOutBest:
+    """What :meth:`SweepResult.best_held_out` returns.
+
+    Attributes:
+        target: the target all the clips would choose (what a chapter names as "the best").
+        in_sample: its mean change on all the clips, which chose it (optimistic).
+        agreement: the share of folds whose own choice was ``target`` too.
+        chosen: the targets the folds chose, in order.
+        estimate: the cross-fitted mean change with its bootstrap interval (:class:`~asrinterp_utils.stats.
+            Estimate`).
+    """
+    target: str
+    in_sample: float
+    agreement: float
+    chosen: list
+    estimate: Any
+
+    def as_row(self) -> dict:
+        """A table row: the choice, its in-sample and cross-fitted change, and how stable the choice is."""
+        return {"best on all clips": self.target, "in sample": round(self.in_sample, 3),
+                "cross-fitted (95 % interval)": str(self.estimate), "folds choosing it": f"{self.agreement:.0%}",
+                "chosen per half": ", ".join(self.chosen)}
+
 
 def layer_grid(values: Mapping[str, float], columns: Sequence[str] | None = None):
     """Values keyed by target label as a DataFrame, one row per layer (``"decoder layer"`` or ``"encoder
@@ -101,26 +144,50 @@ def layer_grid(values: Mapping[str, float], columns: Sequence[str] | None = None
 # Metrics
 # ---------------------------------------------------------------------------------------------------------------
 
-def token_logprob(start: int) -> Metric:
+def _scored_positions(ids: torch.Tensor, start: int, end_of_text: int | None) -> torch.Tensor:
+    """``(batch, tokens - start)`` booleans: which of ``ids[:, start:]`` a metric scores. With ``end_of_text``, each
+    row's tokens up to and including its first ``end_of_text`` (predicting the end is part of the transcript); the
+    copies that pad a shorter transcript to the batch's length are not scored, so a clip's value does not depend on
+    which other clips share its batch. Without, every position."""
+    target = ids[:, start:]
+    if end_of_text is None:
+        return torch.ones(target.shape, dtype=torch.bool, device=target.device)
+    is_end = (target == end_of_text).long()
+    return (torch.cumsum(is_end, dim=1) - is_end) == 0
+
+
+def _check_start(start: int, n_tokens: int, name: str) -> None:
+    if not 1 <= start < n_tokens:
+        raise ValueError(f"{name}: start must be in 1..{n_tokens - 1} for {n_tokens} tokens (the first scored token; "
+                         f"usually the prompt length); got {start}")
+
+
+def token_logprob(start: int, *, end_of_text: int | None = None) -> Metric:
     """Mean log-probability the model gives the teacher-forced tokens ``ids[:, start:]`` (each predicted from the
-    previous position). ``start`` is usually the prompt length."""
+    previous position). ``start`` is usually the prompt length.
+
+    Give ``end_of_text`` (the tokenizer's ``<|endoftext|>`` id) whenever ``ids`` holds transcripts of different
+    lengths, as a batch from :func:`asrinterp_utils.run.greedy` does: each row is then averaged over its own
+    tokens and its end only, not over the end-of-text copies that pad it to the longest row."""
     def metric(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        if not 1 <= start < ids.shape[1]:
-            raise ValueError(f"token_logprob: start must be in 1..{ids.shape[1] - 1} for {ids.shape[1]} tokens (the "
-                             f"first scored token; usually the prompt length); got {start}")
-        logp = torch.log_softmax(logits[:, start - 1:-1].float(), dim=-1)
+        _check_start(start, ids.shape[1], "token_logprob")
+        predicting = logits[:, start - 1:-1].float()                      # (batch, tokens - start, vocab)
         target = ids[:, start:].to(logits.device)
-        return logp.gather(-1, target.unsqueeze(-1)).squeeze(-1).mean(dim=1)
+        scored = _scored_positions(target, 0, end_of_text).float()
+        # log_softmax at the target only: one pass over the vocabulary, no (batch, tokens, vocab) output
+        per_token = predicting.gather(-1, target.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(predicting, dim=-1)
+        return (per_token * scored).sum(dim=1) / scored.sum(dim=1)
     return metric
 
 
-def kl_from(base_logits: torch.Tensor, start: int) -> Metric:
+def kl_from(base_logits: torch.Tensor, start: int, *, end_of_text: int | None = None) -> Metric:
     """KL divergence ``KL(base || patched)`` of the next-token distributions, averaged over the positions that
     predict ``ids[:, start:]``; ``base_logits (batch, tokens, vocab)`` is the unpatched run's (rows of a stacked
-    sweep repeat the clips in order). 0 when a patch changes nothing; larger is a bigger change."""
-    if base_logits.ndim != 3 or not 1 <= start < base_logits.shape[1]:
-        raise ValueError(f"kl_from: base_logits must be (batch, tokens, vocab) and start in 1..tokens-1; got "
-                         f"{tuple(base_logits.shape)} and start={start}")
+    sweep repeat the clips in order). 0 when a patch changes nothing; larger is a bigger change. ``end_of_text``:
+    as for :func:`token_logprob` (average each row over its own tokens, not its padding)."""
+    if base_logits.ndim != 3:
+        raise ValueError(f"kl_from: base_logits must be (batch, tokens, vocab); got {tuple(base_logits.shape)}")
+    _check_start(start, base_logits.shape[1], "kl_from")
     base = torch.log_softmax(base_logits[:, start - 1:-1].float(), dim=-1)
 
     def metric(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -130,7 +197,9 @@ def kl_from(base_logits: torch.Tensor, start: int) -> Metric:
                              "copies of its clips (rows of a stacked sweep repeat the clips in order)")
         patched = torch.log_softmax(logits[:, start - 1:-1].float(), dim=-1)
         ref = base.to(patched.device).repeat(patched.shape[0] // base.shape[0], 1, 1)
-        return (ref.exp() * (ref - patched)).sum(-1).mean(dim=1)
+        scored = _scored_positions(ids.to(patched.device), start, end_of_text).float()
+        per_token = (ref.exp() * (ref - patched)).sum(-1)
+        return (per_token * scored).sum(dim=1) / scored.sum(dim=1)
     return metric
 
 
@@ -243,7 +312,8 @@ class CleanAndReference:
         clean_cache, reference_cache: the ``points`` of each run, teacher-forced on ``ids``
             (:class:`~asrinterp_utils.cache.ActivationCache`: a patch source).
         clean_logits, reference_logits: ``(clips, tokens, vocab)``.
-        metric: the mean log-probability of the transcript's tokens (:func:`token_logprob`).
+        metric: the mean log-probability of each clip's transcript tokens and its end (:func:`token_logprob`, the
+            padding after a shorter transcript's end not scored).
         clean_metric, reference_metric: ``(clips,)``.
     """
 
@@ -258,6 +328,17 @@ class CleanAndReference:
     metric: Metric
     clean_metric: torch.Tensor
     reference_metric: torch.Tensor
+
+    def subset(self, rows: Sequence[int]) -> "CleanAndReference":
+        """The same experiment on the clips ``rows`` only (no model run): e.g. a costly check on the first few
+        clips. The metric scores each transcript up to its end, so a clip's numbers do not change with the batch."""
+        rows = list(rows)
+        if not rows or min(rows) < 0 or max(rows) >= len(self.ids):
+            raise ValueError(f"subset: give clip indices in 0..{len(self.ids) - 1}; got {rows[:8]}")
+        return CleanAndReference(self.lm, self.clean.select(rows), self.reference.select(rows), self.ids[rows],
+                                 self.clean_cache.rows(rows), self.reference_cache.rows(rows),
+                                 self.clean_logits[rows], self.reference_logits[rows], self.metric,
+                                 self.clean_metric[rows], self.reference_metric[rows])
 
 
 def _reference_clips(clips: list, reference: Any) -> list:
@@ -298,7 +379,7 @@ def clean_and_reference(lm: Any, clips: Sequence[Any], *, points: Any = "dec.*",
             logits.append(run.teacher_force(lm, states, ids))
         runs.append(run.Encoded(feats, frames, states))
         caches.append(cache)
-    metric = token_logprob(start=len(lm.prompt_ids()))
+    metric = token_logprob(start=len(lm.prompt_ids()), end_of_text=int(lm.model.generation_config.eos_token_id))
     return CleanAndReference(lm, runs[0], runs[1], ids, caches[0], caches[1], logits[0], logits[1], metric,
                              metric(logits[0], ids), metric(logits[1], ids))
 

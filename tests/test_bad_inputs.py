@@ -228,7 +228,7 @@ CASES = [
     ("patching: kl_from on logits of other clips", lambda: patching.kl_from(torch.zeros(2, 4, 8), start=2)(
         torch.zeros(3, 4, 8), IDS), ValueError, r"logits \(3, 4, 8\) do not repeat the clips of base_logits"),
     ("patching: kl_from starting past the tokens", lambda: patching.kl_from(torch.zeros(2, 4, 8), start=4),
-     ValueError, "start in 1..tokens-1"),
+     ValueError, "kl_from: start must be in 1..3 for 4 tokens"),
     ("patching: unknown method", lambda: patching.run_sweep(LM, FEATS, IDS, [], METRIC, method="fast"), ValueError,
      "'fast'"),
     ("patching: a metric that reduces over clips", lambda: patching.run_sweep(

@@ -175,3 +175,41 @@ def test_kl_metric_is_zero_for_no_change_and_positive_for_a_patch(toy, toy_input
     assert torch.allclose(result.baseline, torch.zeros(2), atol=1e-5)
     assert torch.allclose(result.values[-1], torch.zeros(2), atol=1e-5)
     assert (result.values[:-1] > 1e-6).all()  # KL >= 0, and strictly positive for a change
+
+
+@pytest.mark.parametrize("kind", ["token_logprob", "kl_from"])
+def test_transcript_metrics_ignore_the_padding_after_a_shorter_transcript(kind):
+    """A batch of greedy transcripts pads the shorter ones with end-of-text copies. With ``end_of_text`` a clip's
+    value is the same padded in a batch as alone: its own tokens and its end are scored, the copies are not."""
+    def make(base, **end):
+        return (patching.token_logprob(start=2, **end) if kind == "token_logprob"
+                else patching.kl_from(base, start=2, **end))
+
+    torch.manual_seed(0)
+    short = torch.tensor([[1, 2, 5, 9]])                # prompt (2 tokens), one text token, the end
+    padded = torch.tensor([[1, 2, 5, 9, 9, 9], [1, 2, 4, 6, 7, 9]])
+    logits, base = torch.randn(2, 6, 12), torch.randn(2, 6, 12)
+    alone = make(base[:1, :4], end_of_text=9)(logits[:1, :4], short)
+    in_batch = make(base, end_of_text=9)(logits, padded)
+    everything = make(base)(logits, padded)
+    assert torch.allclose(in_batch[0], alone[0])
+    assert not torch.allclose(in_batch[0], everything[0])        # without end_of_text the copies count
+    assert torch.allclose(in_batch[1], everything[1])             # a row that fills the batch: nothing to drop
+
+
+def test_best_held_out_keeps_a_planted_winner_and_removes_the_optimism_of_noise():
+    rng = torch.Generator().manual_seed(0)
+    baseline = torch.zeros(40)
+    planted = torch.randn(12, 40, generator=rng) * 0.1
+    planted[3] -= 1.0                                      # one target lowers the metric on every clip
+    result = patching.SweepResult([f"t{i}" for i in range(12)], planted, baseline)
+    speakers = [i // 4 for i in range(40)]
+    best = result.best_held_out(speakers, largest=False)
+    assert best.target == "t3" and best.agreement == 1.0 and best.chosen == ["t3"]
+    assert best.estimate.value == pytest.approx(float(planted[3].mean()))
+    assert best.estimate.low <= best.estimate.value <= best.estimate.high < 0
+    assert set(best.as_row()) >= {"best on all clips", "in sample", "cross-fitted (95 % interval)"}
+    noise = patching.SweepResult([f"t{i}" for i in range(12)], torch.randn(12, 40, generator=rng), baseline)
+    best = noise.best_held_out(speakers)
+    assert best.in_sample > best.estimate.value             # the best of 12 on the clips that chose it
+    assert best.estimate.low < 0 < best.estimate.high

@@ -57,6 +57,19 @@ def test_clean_and_reference_known_answers(lm):
     assert pair.clean_cache["dec.0.mlp_out"].shape[:2] == pair.ids.shape
 
 
+def test_a_subset_of_clean_and_reference_gives_those_clips_numbers(lm):
+    pair = patching.clean_and_reference(lm, toy_clips(3), max_new_tokens=6)
+    targets = patching.head_targets(lm, "cross_head_out", source=pair.reference_cache)
+    whole = patching.run_sweep(lm, pair.clean, pair.ids, targets, pair.metric)
+    part = pair.subset([0, 2])
+    sub_targets = patching.head_targets(lm, "cross_head_out", source=part.reference_cache)
+    some = patching.run_sweep(lm, part.clean, part.ids, sub_targets, part.metric)
+    assert torch.allclose(some.values, whole.values[:, [0, 2]], atol=1e-5)
+    assert torch.equal(part.clean_metric, pair.clean_metric[[0, 2]]) and len(part.clean) == 2
+    with pytest.raises(ValueError, match="clip indices in 0..2"):
+        pair.subset([3])
+
+
 def test_clean_and_reference_checks_its_references(lm):
     with pytest.raises(ValueError, match="one reference clip per clip"):
         patching.clean_and_reference(lm, toy_clips(2), reference=toy_clips(1))
