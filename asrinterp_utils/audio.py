@@ -237,10 +237,11 @@ def rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
 
 
-def white_noise_like(x: np.ndarray, *, seed: int = 0, level: str | float = "match") -> np.ndarray:
+def white_noise_like(x: np.ndarray, *, seed: int | Sequence[int] = 0, level: str | float = "match") -> np.ndarray:
     """Gaussian white noise of the same length as ``x`` ``(n_samples,)``: the paper's reference input.
 
-    ``level="match"`` gives the noise the clip's RMS level; a float sets the RMS directly.
+    ``level="match"`` gives the noise the clip's RMS level; a float sets the RMS directly. ``seed``: an integer or
+    a sequence of integers (NumPy's seed entropy), e.g. ``(draw, clip)``.
     """
     x = validate_audio(x, allow_long=True)
     target = rms(x) if level == "match" else float(level)

@@ -341,14 +341,25 @@ class CleanAndReference:
                                  self.clean_metric[rows], self.reference_metric[rows])
 
 
-def _reference_clips(clips: list, reference: Any) -> list:
-    """One reference clip per clip: ``"white_noise"`` (noise of each clip's length and level) or the list given."""
+def white_noise_references(clips: Sequence[Any], *, draw: int = 0) -> list:
+    """The paper's reference input for each clip: Gaussian white noise of the clip's length and RMS level.
+
+    ``draw`` 0 is the noise every chapter uses (clip ``i`` seeded ``i``, what ``reference="white_noise"`` means);
+    other draws are independent noise (clip ``i`` seeded ``(draw, i)``), to see how much a result owes to one
+    random draw."""
     from .audio import white_noise_like
 
+    if isinstance(draw, bool) or int(draw) != draw or draw < 0:
+        raise ValueError(f"white_noise_references: draw must be a whole number >= 0; got {draw!r}")
+    return [white_noise_like(c, seed=i if draw == 0 else [int(draw), i]) for i, c in enumerate(clips)]
+
+
+def _reference_clips(clips: list, reference: Any) -> list:
+    """One reference clip per clip: ``"white_noise"`` (noise of each clip's length and level) or the list given."""
     if isinstance(reference, str):
         if reference != "white_noise":
             raise ValueError(f"reference must be a list of clips or 'white_noise', got {reference!r}")
-        return [white_noise_like(c, seed=i) for i, c in enumerate(clips)]
+        return white_noise_references(clips)
     reference = list(reference)
     if len(reference) != len(clips):
         raise ValueError(f"give one reference clip per clip: {len(clips)} clips, {len(reference)} references")
@@ -727,6 +738,20 @@ class EncodedClips:
         if key not in self._decoded:
             self._decoded[key] = compute()
         return self._decoded[key]
+
+    def with_reference(self, lm: Any, reference: Sequence[Any], *, use_store: bool = True) -> "EncodedClips":
+        """The same clips beside other reference clips (one per clip, e.g. another draw of
+        :func:`white_noise_references`): the clean encoder outputs and the unpatched transcripts already decoded
+        are shared, only the references are encoded."""
+        if id(lm.model) != self.model_id:
+            raise ValueError("with_reference: these EncodedClips were encoded by another model")
+        reference = list(reference)
+        if len(reference) != len(self):
+            raise ValueError(f"with_reference: give one reference clip per clip: {len(self)} clips, "
+                             f"{len(reference)} references")
+        ref = store.encoded(lm, reference, use_store=use_store)
+        return EncodedClips(self.clean_features, ref.features, self.clean_states, ref.states, self.model_id,
+                            {k: v for k, v in self._decoded.items() if k[0] == "baseline"})
 
 
 @torch.no_grad()

@@ -41,6 +41,7 @@ TRANSFORMS = {
     "reversed": "played backwards",
     "cut+silence": "the first half of the clip, then 20 s of near-silence",
     "slow0.5x": "played at half speed",
+    "none": "the clip as it is, for inputs that are hard without a transformation (speech in another language)",
 }
 """The transformations :func:`transform` knows, with what each does."""
 
@@ -61,6 +62,8 @@ def transform(wave: np.ndarray, kind: str, *, seed: int = 0) -> np.ndarray:
         out = resample_poly(x, up, down)
     elif kind == "stutter":
         out = np.tile(x[: max(1, len(x) // 4)], 6)
+    elif kind == "none":
+        out = x
     elif kind == "reversed":
         out = x[::-1]
     elif kind == "cut+silence":
@@ -169,6 +172,44 @@ def mining_summary(mined: pd.DataFrame) -> pd.DataFrame:
             .agg(tried=("candidate_id", "size"), loops=("loop", "sum"),
                  hallucinated_loops=("hallucinated_loop", "sum"), runaways=("runaway", "sum"))
             .reset_index())
+
+
+def split_loops(loops: pd.DataFrame, n_select: int, *, by: str = "kind", seed: int = 0
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Deal looping inputs into a **selection** split (where every target is swept and the best is chosen) of at
+    least ``n_select`` loops and an **evaluation** split (where only the chosen targets run, and what they resolve
+    is counted): ``(selection, evaluation)``, each in ``loops``' order.
+
+    All loops made from one source clip (``source_clip_id``) go to the same side, so no source is both chosen on
+    and scored on. Source clips are shuffled (``seed``) and taken in turn for each value of ``by`` (the input's
+    kind), so every kind is on both sides when it has loops from more than one source clip."""
+    for column in ("source_clip_id", by):
+        if column not in loops.columns:
+            raise ValueError(f"split_loops: loops lacks {column!r}; give rows of mine_loops (one per looping input)")
+    if int(n_select) != n_select or not 1 <= n_select < len(loops):
+        raise ValueError(f"split_loops: n_select must be a whole number from 1 to {len(loops) - 1} (there are "
+                         f"{len(loops)} loops; both splits need some); got {n_select}")
+    sources = list(dict.fromkeys(loops.source_clip_id))
+    order = [sources[i] for i in np.random.default_rng(seed).permutation(len(sources))]
+    kinds_of = loops.groupby("source_clip_id")[by].agg(set)
+    queues = {kind: [s for s in order if kind in kinds_of[s]] for kind in dict.fromkeys(loops[by])}
+    size = loops.source_clip_id.value_counts()
+    chosen: set = set()
+    n_chosen, progress = 0, True
+    while n_chosen < n_select and progress:
+        progress = False
+        for queue in queues.values():
+            remaining = [s for s in queue if s not in chosen]
+            if n_chosen >= n_select or len(remaining) < 2:  # a kind keeps its last source clip for evaluation
+                continue
+            chosen.add(remaining[0])
+            n_chosen += int(size[remaining[0]])
+            progress = True
+    in_selection = loops.source_clip_id.isin(chosen)
+    if in_selection.all() or not in_selection.any():
+        raise ValueError(f"split_loops: the {len(loops)} loops come from {len(sources)} source clips, too few to "
+                         f"put {n_select} in a selection split and keep some for evaluation")
+    return loops[in_selection], loops[~in_selection]
 
 
 def resolved_by_clip(sweep: Any) -> pd.DataFrame:

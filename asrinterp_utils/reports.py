@@ -247,16 +247,17 @@ def _repetition(results: dict) -> list[Claim]:
     layer = Claim("Repetition hallucinations", "Patching a late decoder layer's cross-attention with its white-noise "
                   "value resolves repetition loops", "layer 23 of 32: 76 % of loops",
                   "the best single component is a cross-attention output, and the Wilson interval of the share of "
-                  "loops it resolves (cross-fitted: chosen on half the loops, counted on the other half) lies above "
-                  "the share a typical component resolves (the mean over all components)",
+                  "loops it resolves (chosen on the selection loops, counted on held-out evaluation loops) lies "
+                  "above the share a typical component resolves (the mean over all components)",
                   chapter, note="'stub': the patched transcript has two words or fewer", reported_value=0.76)
     head = Claim("Repetition hallucinations", "A single cross-attention head resolves many loops",
                  "layer 18, head 13: about 78 %", "the Wilson interval of the share of loops the best head resolves "
-                 "(cross-fitted: chosen on half the loops, counted on the other half) lies above the share a typical "
-                 "head resolves (the mean over all heads)", chapter,
+                 "(chosen on the selection loops, counted on held-out evaluation loops) lies above the share a "
+                 "typical head resolves (the mean over all heads)", chapter,
                  reported_value=0.78)
     combo = Claim("Repetition hallucinations", "Combining the layer and the head resolves more",
-                  "about 89 %", "the best combination resolves more loops than the best single head", chapter)
+                  "about 89 %", "the best combination resolves more held-out loops than the best single head",
+                  chapter)
     clean = Claim("Repetition hallucinations", "The best component's patch leaves clean speech intact",
                   "not reported (our check)", "WER on clean clips rises by at most 0.05", chapter)
     for model, r in results.items():
@@ -265,20 +266,25 @@ def _repetition(results: dict) -> list[Claim]:
                 c.ours[model], c.holds[model] = "no loops found", None
             continue
         comp, h, both = r["best_component"], r["best_head"], r["best_combination"]
-        fitted = r.get("crossfit", {})
+        fitted, held = r.get("crossfit", {}), r.get("held_out", {})
+        n_chosen_on = r.get("selection_loops", r["loops"])
 
         def resolved(kind: str, best: dict) -> tuple[stats.Estimate, str, float]:
-            """Cross-fitted (chosen on half the loops, counted on the other half) where the chapter saved it; else
-            the share read off the loops that chose the target, which is optimistic. With the null: the share a
-            typical target resolves (0 where the chapter did not save it)."""
+            """Counted on held-out evaluation loops where the chapter saved them; else cross-fitted (chosen on half
+            the loops, counted on the other half); else the share read off the loops that chose the target, which
+            is optimistic. With the null: the share a typical target resolves (0 where not saved)."""
+            if kind in held:
+                typical = held[kind].get("typical")
+                return (stats.proportion(held[kind]["resolved"], held[kind]["loops"]), "held out",
+                        float(typical) if typical is not None else 0.0)
             typical = float(fitted.get(kind, {}).get("typical", 0.0))
             if kind in fitted:
                 return stats.proportion(fitted[kind]["resolved"], fitted[kind]["loops"]), "cross-fitted", typical
-            return stats.proportion(round(best["resolved"] * r["loops"]), r["loops"]), "in sample", typical
+            return stats.proportion(round(best["resolved"] * n_chosen_on), n_chosen_on), "in sample", typical
 
         (comp_est, comp_how, comp_null), (head_est, head_how, head_null) = (resolved("component", comp),
                                                                             resolved("head", h))
-        layer.ours[model] = (f"`{comp['target']}`: {_pct(comp['resolved'])} of {r['loops']} loops in sample; "
+        layer.ours[model] = (f"`{comp['target']}`: {_pct(comp['resolved'])} of {n_chosen_on} loops in sample; "
                              f"{_pct(comp_est.value)} [{_pct(comp_est.low)}, {_pct(comp_est.high)}] {comp_how} "
                              f"(stub {_pct(comp['stub'])}; a typical component {_pct(comp_null)})")
         if comp["target"].endswith("cross_attn_out"):
@@ -289,8 +295,14 @@ def _repetition(results: dict) -> list[Claim]:
                             f"[{_pct(head_est.low)}, {_pct(head_est.high)}] {head_how} (stub {_pct(h['stub'])}; "
                             f"a typical head {_pct(head_null)})")
         head.estimates[model], head.null[model] = head_est, head_null
-        combo.ours[model] = f"{both['target']}: {_pct(both['resolved'])} (stub {_pct(both['stub'])})"
-        combo.holds[model] = both["resolved"] > h["resolved"]
+        if "combination" in held and "head" in held:
+            both_est, _, _ = resolved("combination", both)
+            combo.ours[model] = (f"{both['target']}: {_pct(both_est.value)} [{_pct(both_est.low)}, "
+                                 f"{_pct(both_est.high)}] held out, against {_pct(head_est.value)} for the head")
+            combo.holds[model] = both_est.value > head_est.value
+        else:
+            combo.ours[model] = f"{both['target']}: {_pct(both['resolved'])} (stub {_pct(both['stub'])})"
+            combo.holds[model] = both["resolved"] > h["resolved"]
         wer = r["clean_wer"]
         before, after = wer["(unpatched)"], wer[comp["target"]]
         clean.ours[model] = f"WER {before:.2f} unpatched, {after:.2f} with `{comp['target']}` patched"

@@ -128,8 +128,9 @@ def test_speaker_split_is_disjoint_and_stratified():
 
 
 def test_named_specs_are_well_formed():
-    assert set(bank.SPECS) == {"transcribed", "gender", "accent", "noise", "semantic", "context_bias"}
-    assert len({s.key() for s in bank.SPECS.values()}) == 6
+    assert set(bank.SPECS) == {"transcribed", "gender", "accent", "noise", "semantic", "context_bias",
+                               "other_languages"}
+    assert len({s.key() for s in bank.SPECS.values()}) == 7
     recipe = bank.recipes(bank.SPECS["semantic"], fast=True)
     assert recipe.category.nunique() >= 5 and recipe.clip_id.is_unique
     accent = bank.recipes(bank.SPECS["accent"], fast=True)
@@ -139,6 +140,11 @@ def test_named_specs_are_well_formed():
     for row in bias.itertuples():  # the spoken word is said; the expected one is only the context's guess
         assert row.spoken_word in row.text and row.expected_word not in row.text.split()
         assert row.expected_text.replace(row.expected_word, row.spoken_word) == row.text
+    # each voice of another language reads its own language's sentences, and no English dataset has those voices
+    other = bank.recipes(bank.SPECS["other_languages"], fast=False)
+    assert (other.accent == other.language).all() and other.language.nunique() == 8
+    assert len(other) == 8 * 2 * 6 and other.clip_id.is_unique
+    assert not {v.voice_id for v in tts.OTHER_LANGUAGE_VOICES} & set(bank.recipes(bank.SPECS["gender"]).voice_id)
 
 
 def test_truncated_clips_keep_the_first_part_and_the_reference(tmp_path):

@@ -116,3 +116,20 @@ def test_encoded_clips_are_reused_across_sweeps_with_the_same_results(lm, clips)
         patching.generate_sweep(lm, encoded, decoder_targets, reference=clips)
     with pytest.raises(ValueError, match="another model"):
         patching.generate_sweep(toy_loaded_model(seed=2), encoded, decoder_targets)
+
+
+def test_with_reference_swaps_the_references_and_keeps_the_unpatched_transcripts(lm, clips):
+    """Another reference for the same clips (another draw of noise): the same results as a sweep that encodes the
+    clips with that reference itself, without decoding the unpatched clips again."""
+    encoded = patching.encode_clips(lm, clips)
+    targets = patching.component_targets(lm, "dec.*.cross_attn_out", source=patching.REFERENCE)
+    first = patching.generate_sweep(lm, encoded, targets, max_new_tokens=MAX_NEW)
+    draw = patching.white_noise_references(clips, draw=2)
+    swapped = encoded.with_reference(lm, draw)
+    assert ("baseline", "dec", MAX_NEW) in swapped._decoded and ("reference", MAX_NEW) not in swapped._decoded
+    reused = patching.generate_sweep(lm, swapped, targets, max_new_tokens=MAX_NEW)
+    fresh = patching.generate_sweep(lm, clips, targets, reference=draw, max_new_tokens=MAX_NEW)
+    assert reused.token_ids == fresh.token_ids and reused.baseline_ids == fresh.baseline_ids == first.baseline_ids
+    assert reused.reference_texts == fresh.reference_texts
+    with pytest.raises(ValueError, match="one reference clip per clip"):
+        encoded.with_reference(lm, draw[:1])

@@ -50,3 +50,38 @@ def test_loop_resolution_counts_per_target():
     per_clip = repetition.resolved_by_clip(sweep)  # clips x targets, the table's resolved column per clip
     assert per_clip.to_dict("list") == {"a": [True, False], "b": [False, True]}
     assert list(per_clip.mean()) == list(table.resolved)
+
+
+def test_split_loops_keeps_sources_together_and_every_kind_on_both_sides():
+    import pandas as pd
+
+    rows = [{"source_clip_id": f"s{i}", "kind": kind} for i in range(12) for kind in ("speed3x", "stutter")
+            if (i + (kind == "stutter")) % 3]                              # sources with one or both kinds
+    rows += [{"source_clip_id": f"lang{i}", "kind": "other language"} for i in range(4)]
+    loops = pd.DataFrame(rows)
+    selection, evaluation = repetition.split_loops(loops, 8, seed=0)
+    assert len(selection) >= 8 and len(selection) + len(evaluation) == len(loops)
+    assert not set(selection.source_clip_id) & set(evaluation.source_clip_id)
+    assert set(selection.kind) == set(evaluation.kind) == {"speed3x", "stutter", "other language"}
+    again, _ = repetition.split_loops(loops, 8, seed=0)
+    assert again.equals(selection)                                        # deterministic
+    assert not repetition.split_loops(loops, 8, seed=1)[0].equals(selection)
+    with pytest.raises(ValueError, match="n_select must be"):
+        repetition.split_loops(loops, len(loops))
+    with pytest.raises(ValueError, match="too few"):
+        repetition.split_loops(loops[loops.source_clip_id == "s1"], 1)
+
+
+def test_white_noise_draws():
+    from asrinterp_utils import patching
+    from asrinterp_utils.audio import rms, white_noise_like
+
+    clips = [np.sin(np.linspace(0, 300, n)).astype(np.float32) * a for n, a in ((8000, 0.1), (12000, 0.5))]
+    first = patching.white_noise_references(clips)
+    assert all(np.array_equal(a, white_noise_like(c, seed=i)) for i, (a, c) in enumerate(zip(first, clips)))
+    other = patching.white_noise_references(clips, draw=3)
+    assert [len(x) for x in other] == [8000, 12000] and not np.allclose(other[0], first[0])
+    assert rms(other[1]) == pytest.approx(rms(clips[1]), rel=1e-4)
+    assert np.array_equal(other[1], patching.white_noise_references(clips, draw=3)[1])
+    with pytest.raises(ValueError, match="draw must be"):
+        patching.white_noise_references(clips, draw=-1)

@@ -14,6 +14,8 @@ Each named dataset is one call that returns a pandas DataFrame, one row per clip
 ``semantic``      carrier sentences that differ only in a category word; label ``category``
 ``context_bias``  sentences whose context predicts one word while a similar-sounding one is spoken; label
                   ``spoken_word`` (also ``expected_word``, ``expected_text``, ``item_id``)
+``other_languages`` espeak-ng reading everyday sentences in eight languages other than English; label
+                  ``language``: speech an English-only model cannot transcribe
 ================  =================================================================================================
 
 How it is built. A :class:`BankSpec` fixes everything that decides the audio (voices, texts, seeds, noise, SNRs).
@@ -42,6 +44,7 @@ import soundfile as sf
 
 from ..audio import SAMPLE_RATE
 from ..runtime import atomic_path, build_lock, cache_dir, fast_mode
+from .tts import OTHER_LANGUAGE_VOICES
 
 BANK_VERSION = 1  # bump when the way clips are made changes (every clip is then remade)
 SPLIT_RULE = "speaker, stratified by gender, 30% test"  # part of each table's cache key
@@ -95,6 +98,9 @@ SPECS: dict[str, BankSpec] = {
                          engines=("flite", "festival"), fast_n_texts=10, fast_max_voices=2),
     "context_bias": BankSpec("context_bias", label="spoken_word", texts="context_bias", n_texts=20,
                              engines=("flite", "festival"), fast_n_texts=4, fast_max_voices=2),
+    "other_languages": BankSpec("other_languages", label="language", texts="other_languages", n_texts=6,
+                                voices=tuple(v.voice_id for v in OTHER_LANGUAGE_VOICES), engines=("espeak-ng",),
+                                fast_n_texts=2, fast_max_voices=2, spread_by="accent"),
 }
 
 
@@ -103,12 +109,12 @@ SPECS: dict[str, BankSpec] = {
 # ---------------------------------------------------------------------------------------------------------------
 
 def _voices(spec: BankSpec, fast: bool) -> list:
-    from .tts import available_voices
+    from .tts import available_voices, get_voice, is_available
 
-    voices = [v for v in available_voices(include_optional=False) if v.engine in spec.engines]
-    if spec.voices is not None:
-        wanted = set(spec.voices)
-        voices = [v for v in voices if v.voice_id in wanted]
+    if spec.voices is None:
+        voices = [v for v in available_voices(include_optional=False) if v.engine in spec.engines]
+    else:  # named voices, English or not, in the spec's order
+        voices = [get_voice(v) for v in spec.voices if is_available(v) and get_voice(v).engine in spec.engines]
     if fast:
         voices = _spread(voices, spec.fast_max_voices, by=spec.spread_by)
     return voices
@@ -150,6 +156,8 @@ def _texts(spec: BankSpec, n: int) -> pd.DataFrame:
         per_category = max(1, n // items.category.nunique())
         items = items.groupby("category").sample(n=per_category, random_state=spec.seed)
         return items.sort_values(["category", "carrier_id", "word"]).reset_index(drop=True)
+    if spec.texts == "other_languages":  # n sentences per language, each read by that language's voices only
+        return texts.other_language_sentences(n)
     if spec.texts == "context_bias":
         items = texts.context_bias_items().head(n)
         return items.assign(text=items.spoken_text)[["text", "item_id", "expected_word", "spoken_word",
@@ -166,12 +174,14 @@ def recipes(spec: BankSpec, fast: bool | None = None) -> pd.DataFrame:
     text_table = _texts(spec, spec.n_texts)
     for voice in _voices(spec, fast):
         for i, t in enumerate(text_table.itertuples(index=False)):
+            if hasattr(t, "language") and t.language != voice.accent:  # another language's sentence
+                continue
             base = {"text": t.text, "voice_id": voice.voice_id, "engine": voice.engine, "speaker": voice.speaker,
                     "gender": voice.gender, "accent": voice.accent, "source": "tts",
                     "licence": voice.licence or "synthesised", "text_id": i,
                     "seed": spec.seed + i}
             for extra in ("word", "category", "carrier_id", "item_id", "expected_word", "spoken_word",
-                          "expected_text"):
+                          "expected_text", "language"):
                 if hasattr(t, extra):
                     base[extra] = getattr(t, extra)
             rows += _with_noise(base, spec)

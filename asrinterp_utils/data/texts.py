@@ -11,6 +11,8 @@
   thing that varies (:func:`semantic_items`).
 * :data:`CONTEXT_BIAS_ITEMS` (ours) -- sentences whose context strongly predicts one word while a different,
   similar-sounding real word is spoken (:func:`context_bias_items`).
+* :data:`OTHER_LANGUAGE_SENTENCES` (ours) -- everyday sentences in eight languages other than English, for speech an
+  English-only model cannot transcribe (:func:`other_language_sentences`).
 """
 from __future__ import annotations
 
@@ -21,9 +23,11 @@ __all__ = [
     "CONTEXT_BIAS_ITEMS",
     "HARVARD_LIST_SIZE",
     "HARVARD_SENTENCES",
+    "OTHER_LANGUAGE_SENTENCES",
     "SEMANTIC_CATEGORIES",
     "context_bias_items",
     "harvard_sentences",
+    "other_language_sentences",
     "semantic_items",
 ]
 
@@ -315,3 +319,64 @@ def context_bias_items() -> pd.DataFrame:
     df["expected_text"] = [c.format(word=w) for c, w in zip(df["carrier"], df["expected_word"])]
     df["spoken_text"] = [c.format(word=w) for c, w in zip(df["carrier"], df["spoken_word"])]
     return df
+
+
+OTHER_LANGUAGE_SENTENCES: dict[str, tuple[str, ...]] = {
+    "de": ("Der Hund läuft schnell über die grüne Wiese und bellt laut.",
+           "Morgen fahren wir mit dem Zug nach Berlin, um meine Großmutter zu besuchen.",
+           "Es regnet seit drei Tagen ohne Pause in der ganzen Stadt.",
+           "Im Sommer essen die Kinder gern Erdbeeren mit Sahne im Garten.",
+           "Der Bäcker öffnet seinen Laden jeden Morgen um sechs Uhr.",
+           "Wir haben gestern Abend lange über das neue Buch gesprochen."),
+    "es": ("El perro corre rápido por el campo verde y ladra fuerte.",
+           "Mañana vamos en tren a Madrid para visitar a mi abuela.",
+           "Llueve desde hace tres días sin parar en toda la ciudad.",
+           "En verano los niños comen fresas con nata en el jardín.",
+           "El panadero abre su tienda cada mañana a las seis.",
+           "Ayer por la noche hablamos mucho tiempo sobre el libro nuevo."),
+    "fr-fr": ("Le chien court vite dans le pré vert et aboie fort.",
+              "Demain nous prenons le train pour Paris afin de voir ma grand-mère.",
+              "Il pleut depuis trois jours sans arrêt dans toute la ville.",
+              "En été les enfants mangent des fraises à la crème dans le jardin.",
+              "Le boulanger ouvre sa boutique chaque matin à six heures.",
+              "Hier soir nous avons longtemps parlé du nouveau livre."),
+    "it": ("Il cane corre veloce nel prato verde e abbaia forte.",
+           "Domani prendiamo il treno per Roma per visitare mia nonna.",
+           "Piove da tre giorni senza sosta in tutta la città.",
+           "D'estate i bambini mangiano le fragole con la panna in giardino.",
+           "Il fornaio apre il suo negozio ogni mattina alle sei.",
+           "Ieri sera abbiamo parlato a lungo del nuovo libro."),
+    "nl": ("De hond rent snel over het groene gras en blaft hard.",
+           "Morgen nemen we de trein naar Amsterdam om oma te bezoeken.",
+           "Het regent al drie dagen zonder pauze in de hele stad.",
+           "In de zomer eten de kinderen aardbeien met slagroom in de tuin.",
+           "De bakker opent zijn winkel elke ochtend om zes uur.",
+           "Gisteravond hebben we lang over het nieuwe boek gepraat."),
+    "pl": ("Pies biegnie szybko przez zieloną łąkę i głośno szczeka.",
+           "Jutro jedziemy pociągiem do Warszawy, aby odwiedzić babcię.",
+           "Pada od trzech dni bez przerwy w całym mieście.",
+           "Latem dzieci jedzą truskawki ze śmietaną w ogrodzie.",
+           "Piekarz otwiera swój sklep każdego ranka o szóstej.",
+           "Wczoraj wieczorem długo rozmawialiśmy o nowej książce."),
+    "pt": ("O cão corre depressa pelo campo verde e ladra alto.",
+           "Amanhã vamos de comboio a Lisboa para visitar a minha avó.",
+           "Chove há três dias sem parar em toda a cidade.",
+           "No verão as crianças comem morangos com natas no jardim.",
+           "O padeiro abre a sua loja todas as manhãs às seis horas.",
+           "Ontem à noite falámos muito tempo sobre o livro novo."),
+    "sv": ("Hunden springer snabbt över den gröna ängen och skäller högt.",
+           "I morgon tar vi tåget till Stockholm för att hälsa på mormor.",
+           "Det har regnat i tre dagar utan uppehåll i hela staden.",
+           "På sommaren äter barnen jordgubbar med grädde i trädgården.",
+           "Bagaren öppnar sin butik varje morgon klockan sex.",
+           "I går kväll pratade vi länge om den nya boken."),
+}
+"""Six sentences in each of eight languages (espeak-ng's language codes: German, Spanish, French, Italian, Dutch,
+Polish, Portuguese, Swedish), the same six everyday situations in every language."""
+
+
+def other_language_sentences(n_per_language: int | None = None) -> pd.DataFrame:
+    """:data:`OTHER_LANGUAGE_SENTENCES` as a DataFrame with ``language, text`` (the first ``n_per_language`` of each
+    language; all by default)."""
+    return pd.DataFrame([{"language": lang, "text": text} for lang, sentences in OTHER_LANGUAGE_SENTENCES.items()
+                         for text in sentences[:n_per_language]])

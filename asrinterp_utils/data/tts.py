@@ -221,8 +221,18 @@ _OPTIONAL = (
 )
 
 VOICES: tuple[Voice, ...] = tuple(_espeak_voices() + _MAIN_OTHER + _OPTIONAL)
-"""Every voice the bank knows, Debian-main first; :func:`available_voices` filters the installed ones."""
-_BY_ID = {v.voice_id: v for v in VOICES}
+"""Every English voice the bank knows, Debian-main first; :func:`available_voices` filters the installed ones."""
+
+OTHER_LANGUAGES = {"de": "German", "es": "Spanish", "fr-fr": "French", "it": "Italian", "nl": "Dutch",
+                   "pl": "Polish", "pt": "Portuguese", "sv": "Swedish"}
+"""espeak-ng language code -> language, for speech that an English-only model cannot transcribe."""
+OTHER_LANGUAGE_VOICES: tuple[Voice, ...] = tuple(
+    Voice(f"espeak-ng/{lang}+{variant}", "espeak-ng", f"{lang}+{variant}", f"espeak-ng:{variant}", gender, lang,
+          licence=_LIC_ESPEAK)
+    for lang in OTHER_LANGUAGES for variant, gender in (("f2", "female"), ("m3", "male")))
+"""espeak-ng voices speaking :data:`OTHER_LANGUAGES`; their ``accent`` field holds the language code. Kept out of
+:data:`VOICES` (and so out of every English dataset); a dataset names them explicitly."""
+_BY_ID = {v.voice_id: v for v in VOICES + OTHER_LANGUAGE_VOICES}
 
 # Nominal speaking rate of each flite/festival voice (words per minute over whole files, leading and trailing
 # silence included), measured on Harvard lists 1-2 at the engine's default settings. Used only to turn a requested
