@@ -75,11 +75,11 @@ class SweepResult:
 
     def best_held_out(self, groups: Any = None, *, largest: bool = True, seed: int = 0) -> "HeldOutBest":
         """The target with the largest (``largest=False``: the most negative) mean change, chosen on half the
-        clips and measured on the other half, and the other way round (:func:`~asrinterp_utils.stats.
-        cross_fitted_best`): every clip is scored by a choice it took no part in, so the estimate lacks the optimism
-        of the best of many targets read off the clips that chose it. ``groups (clips,)`` keeps clips of one
-        speaker or sentence on one side and is what the interval resamples (:func:`~asrinterp_utils.stats.
-        bootstrap_mean`)."""
+        clips and measured on the other half, and the other way round
+        (:func:`~asrinterp_utils.stats.cross_fitted_best`): every clip is scored by a choice it took no part in, so
+        the estimate lacks the optimism of the best of many targets read off the clips that chose it. ``groups
+        (clips,)`` keeps clips of one speaker or sentence on one side and is what the interval resamples
+        (:func:`~asrinterp_utils.stats.bootstrap_mean`)."""
         fit = stats.cross_fitted_best(self.changes(), groups=groups, seed=seed, higher_is_better=largest)
         in_sample = self.changes()[fit.best_overall].mean()
         return HeldOutBest(fit.best_overall, float(in_sample), fit.agreement, list(dict.fromkeys(fit.chosen)),
@@ -95,8 +95,8 @@ class HeldOutBest:
         in_sample: its mean change on all the clips, which chose it (optimistic).
         agreement: the share of folds whose own choice was ``target`` too.
         chosen: the targets the folds chose, in order.
-        estimate: the cross-fitted mean change with its bootstrap interval (:class:`~asrinterp_utils.stats.
-            Estimate`).
+        estimate: the cross-fitted mean change with its bootstrap interval
+            (:class:`~asrinterp_utils.stats.Estimate`).
     """
     target: str
     in_sample: float

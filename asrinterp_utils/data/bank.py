@@ -5,18 +5,18 @@ Each named dataset is one call that returns a pandas DataFrame, one row per clip
     >>> gender = speech_dataset("gender")        # TTS voices x sentences, labelled by gender, split by speaker
     >>> gender[["clip_id", "voice_id", "speaker", "gender", "split"]].head()
 
-================  =================================================================================================
-``transcribed``   real speech (Asterisk prompts, pocketsphinx) and the most intelligible TTS voices reading Harvard
-                  sentences: for lenses, patching and WER
-``gender``        every Debian-main TTS voice reading the same sentences; label ``gender``
-``accent``        espeak-ng's eight English accents x voice variants; label ``accent``
-``noise``         clean speech and the same speech mixed with noise at several SNRs; labels ``noisy``, ``snr_db``
-``semantic``      carrier sentences that differ only in a category word; label ``category``
-``context_bias``  sentences whose context predicts one word while a similar-sounding one is spoken; label
-                  ``spoken_word`` (also ``expected_word``, ``expected_text``, ``item_id``)
-``other_languages`` espeak-ng reading everyday sentences in eight languages other than English; label
-                  ``language``: speech an English-only model cannot transcribe
-================  =================================================================================================
+====================  =================================================================================================
+``transcribed``       real speech (Asterisk prompts, pocketsphinx) and the most intelligible TTS voices reading Harvard
+                      sentences: for lenses, patching and WER
+``gender``            every Debian-main TTS voice reading the same sentences; label ``gender``
+``accent``            espeak-ng's eight English accents x voice variants; label ``accent``
+``noise``             clean speech and the same speech mixed with noise at several SNRs; labels ``noisy``, ``snr_db``
+``semantic``          carrier sentences that differ only in a category word; label ``category``
+``context_bias``      sentences whose context predicts one word while a similar-sounding one is spoken; label
+                      ``spoken_word`` (also ``expected_word``, ``expected_text``, ``item_id``)
+``other_languages``   espeak-ng reading everyday sentences in eight languages other than English; label
+                      ``language``: speech an English-only model cannot transcribe
+====================  =================================================================================================
 
 How it is built. A :class:`BankSpec` fixes everything that decides the audio (voices, texts, seeds, noise, SNRs).
 Every clip is a pure function of its own recipe (text, voice, seed, noise, SNR), stored once under a hash of that
