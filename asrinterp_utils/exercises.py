@@ -134,11 +134,6 @@ def check_lens_equals_logits(answer: float | Any) -> CheckResult:
 # Chapter 7: activation patching
 # ---------------------------------------------------------------------------------------------------------------
 
-def _end_of_text(lm: Any) -> int:
-    """The ``<|endoftext|>`` id: the chapter's metric scores each transcript up to its end, not the copies that pad
-    it in a batch (:func:`~asrinterp_utils.patching.token_logprob`)."""
-    return int(lm.model.generation_config.eos_token_id)
-
 
 def check_single_patch(answer: float | Any, lm: Any, features: torch.Tensor, decoder_input_ids: torch.Tensor,
                        reference_cache: Any, point: str, start: int) -> CheckResult:
@@ -148,7 +143,7 @@ def check_single_patch(answer: float | Any, lm: Any, features: torch.Tensor, dec
     for."""
     from .patching import token_logprob
 
-    metric = token_logprob(start, end_of_text=_end_of_text(lm))
+    metric = token_logprob(start, end_of_text=lm.end_of_text)
     truth = _patch_change(lm, features, decoder_input_ids, reference_cache, point, metric)
     ok = not _unanswered(answer) and abs(float(answer) - truth) < 1e-3 * max(1.0, abs(truth))
     return _verdict("Exercise 7.1", answer, ok,
@@ -165,7 +160,7 @@ def check_most_damaging_head(answer: str | Any, lm: Any, features: torch.Tensor,
     from .patching import head_targets, run_sweep, token_logprob
 
     targets = head_targets(lm, "cross_head_out", source=reference_cache)
-    sweep = run_sweep(lm, features, decoder_input_ids, targets, token_logprob(start, end_of_text=_end_of_text(lm)))
+    sweep = run_sweep(lm, features, decoder_input_ids, targets, token_logprob(start, end_of_text=lm.end_of_text))
     change = (sweep.values - sweep.baseline).mean(dim=1)
     best = sweep.labels[int(change.argmin())]
     given = None if _unanswered(answer) else str(answer)

@@ -449,7 +449,7 @@ def decoder_residuals(lm: Any, audio_list: Sequence[np.ndarray], texts: Sequence
     n = len(whisper_core(lm).decoder.layers)
     names = ["dec.0.resid_pre"] + [f"dec.{i}.resid_post" for i in range(n)]
     prompt = lm.prompt_ids()
-    end_of_text = int(lm.model.generation_config.eos_token_id)
+    end_of_text = lm.end_of_text
     residuals, clips, targets = [], [], []
     for start in tqdm(range(0, len(audio_list), batch_size), desc="decoder residuals", disable=not progress):
         batch = list(audio_list[start:start + batch_size])

@@ -174,6 +174,11 @@ class LoadedModel:
         )
         return input_features, n_valid_frames
 
+    @property
+    def end_of_text(self) -> int:
+        """The ``<|endoftext|>`` id: where a transcript ends, and what pads shorter rows of a batch."""
+        return int(self.model.generation_config.eos_token_id)
+
     def prompt_ids(self) -> list[int]:
         """The decoder prompt for English transcription without timestamps.
 
@@ -189,7 +194,7 @@ class LoadedModel:
     def text_ids(self, ids: torch.Tensor) -> list[list[int]]:
         """The text tokens of each row of :func:`asrinterp_utils.run.generate_ids` output ``(batch, tokens)``:
         after the prompt, up to the first ``<|endoftext|>`` (all of them if the row was cut at ``max_new_tokens``)."""
-        end_of_text = int(self.model.generation_config.eos_token_id)
+        end_of_text = self.end_of_text
         rows = []
         for row in ids[:, len(self.prompt_ids()):].tolist():
             rows.append(row[:row.index(end_of_text)] if end_of_text in row else row)

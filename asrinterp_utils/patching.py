@@ -80,8 +80,9 @@ class SweepResult:
         the estimate lacks the optimism of the best of many targets read off the clips that chose it. ``groups
         (clips,)`` keeps clips of one speaker or sentence on one side and is what the interval resamples
         (:func:`~asrinterp_utils.stats.bootstrap_mean`)."""
-        fit = stats.cross_fitted_best(self.changes(), groups=groups, seed=seed, higher_is_better=largest)
-        in_sample = self.changes()[fit.best_overall].mean()
+        changes = self.changes()
+        fit = stats.cross_fitted_best(changes, groups=groups, seed=seed, higher_is_better=largest)
+        in_sample = changes[fit.best_overall].mean()
         return HeldOutBest(fit.best_overall, float(in_sample), fit.agreement, list(dict.fromkeys(fit.chosen)),
                            stats.bootstrap_mean(fit.values, groups=groups, seed=seed))
 
@@ -173,7 +174,7 @@ def token_logprob(start: int, *, end_of_text: int | None = None) -> Metric:
         _check_start(start, ids.shape[1], "token_logprob")
         predicting = logits[:, start - 1:-1].float()                      # (batch, tokens - start, vocab)
         target = ids[:, start:].to(logits.device)
-        scored = _scored_positions(target, 0, end_of_text).float()
+        scored = _scored_positions(target, 0, end_of_text).float()  # target is ids[:, start:] already
         # log_softmax at the target only: one pass over the vocabulary, no (batch, tokens, vocab) output
         per_token = predicting.gather(-1, target.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(predicting, dim=-1)
         return (per_token * scored).sum(dim=1) / scored.sum(dim=1)
@@ -271,8 +272,7 @@ def word_choice(lm: Any, texts: Sequence[str], spoken_words: Sequence[str],
         bad = encode(" " + competing, add_special_tokens=False)[0]
         rows.append((prompt + prefix + [good], len(prompt) + len(prefix) - 1, good, bad))
     width = max(len(ids) for ids, *_ in rows)
-    end_of_text = int(lm.model.generation_config.eos_token_id)
-    ids = torch.tensor([ids + [end_of_text] * (width - len(ids)) for ids, *_ in rows])
+    ids = torch.tensor([ids + [lm.end_of_text] * (width - len(ids)) for ids, *_ in rows])
     positions, good, bad = ([row[k] for row in rows] for k in (1, 2, 3))
     return WordChoice(ids, positions, good, bad, np.array(good) != np.array(bad), logit_diff(positions, good, bad))
 
@@ -390,7 +390,7 @@ def clean_and_reference(lm: Any, clips: Sequence[Any], *, points: Any = "dec.*",
             logits.append(run.teacher_force(lm, states, ids))
         runs.append(run.Encoded(feats, frames, states))
         caches.append(cache)
-    metric = token_logprob(start=len(lm.prompt_ids()), end_of_text=int(lm.model.generation_config.eos_token_id))
+    metric = token_logprob(start=len(lm.prompt_ids()), end_of_text=lm.end_of_text)
     return CleanAndReference(lm, runs[0], runs[1], ids, caches[0], caches[1], logits[0], logits[1], metric,
                              metric(logits[0], ids), metric(logits[1], ids))
 

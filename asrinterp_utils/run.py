@@ -527,7 +527,7 @@ def _prompt_and_rules(model: Any, suppress_timestamps: bool):
     a :class:`~asrinterp_utils.models.LoadedModel` or a bare Hugging Face Whisper (its decoder start token)."""
     if hasattr(model, "prompt_ids") and hasattr(model, "suppression_masks"):
         at_start, always = model.suppression_masks(suppress_timestamps)
-        return model.prompt_ids(), int(model.model.generation_config.eos_token_id), at_start, always
+        return model.prompt_ids(), model.end_of_text, at_start, always
     hf = hf_model(model)
     vocab = hf.config.vocab_size
     device = next(hf.parameters()).device
