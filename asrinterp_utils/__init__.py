@@ -15,6 +15,7 @@ The package behind the executable book "Beyond Transcription, executed". One mod
 ``audio_llm``   the same lenses on Qwen2-Audio (audio tower + language model)
 ``metrics``     normalised WER, repetition loops, transcript kinds
 ``probes``      per-layer linear probes grouped by speaker, with controls and transfer (scikit-learn)
+``sae``         TopK sparse autoencoders on any hook point: activations, training, splice cost, SAELens files
 ``stats``       intervals (Wilson, grouped bootstrap), paired tests, selection stability, verdicts (scipy)
 ``extract``     pooled features for many clips or a bank table: sharded on disk, resumable, multi-process
 ``attention``   reading attention patterns (alignment heads)

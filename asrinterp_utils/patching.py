@@ -279,7 +279,7 @@ def word_choice(lm: Any, texts: Sequence[str], spoken_words: Sequence[str],
 
 @torch.no_grad()
 def transcribe_and_score(lm: Any, clips: Sequence[Any], choice: WordChoice, *, max_new_tokens: int = 48,
-                         batch_size: int = 16) -> tuple[list[str], Any]:
+                         batch_size: int = run.GREEDY_BATCH) -> tuple[list[str], Any]:
     """One encoder pass per clip gives both its greedy transcript and its teacher-forced :class:`WordChoice`
     measure; encoder outputs and transcripts are read from the store where this model already computed them (in
     any chapter or build). Returns ``(transcripts, logit differences (clips,) as a numpy array)``."""
@@ -603,7 +603,8 @@ class GenerationSweep:
     """Greedy transcripts with each target patched.
 
     ``token_ids[i][b]`` and ``texts[i][b]``: the text tokens and text for target ``i`` on clip ``b``;
-    ``baseline_*``: unpatched; ``reference_texts[b]``: what the model writes for the reference input itself.
+    ``baseline_*``: unpatched; ``reference_texts[b]``: what the model writes for the reference input itself (None
+    when the sweep was asked not to decode it).
     """
 
     labels: list[str]
@@ -611,7 +612,7 @@ class GenerationSweep:
     texts: list[list[str]]
     baseline_ids: list[list[int]]
     baseline_texts: list[str]
-    reference_texts: list[str]
+    reference_texts: list[str] | None
     max_new_tokens: int
 
     def to_frame(self):
@@ -767,36 +768,44 @@ def encode_clips(lm: Any, audio_list: Sequence[Any], reference: Any = "white_noi
 
 
 def _encoder_patched(lm: Any, clean_feats: torch.Tensor, ref_feats: torch.Tensor, targets: Sequence[PatchTarget],
-                     decode: Callable[[torch.Tensor], list], encoder_rows: int, progress: bool
-                     ) -> tuple[list[list[list[int]]], torch.Tensor]:
+                     decode: Callable[[torch.Tensor], list], encoder_rows: int, progress: bool, *,
+                     reference_output: bool = True) -> tuple[list[list[list[int]]], torch.Tensor | None]:
     """Greedy transcripts with encoder targets patched, in blocks of clips: a block's reference clips run once,
     caching the points the targets read from ``REFERENCE`` (an encoder activation depends on its own clip only,
     so this is the value a reference row stacked beside each patched row would compute), then each target runs
     on the block's clean clips. One reference pass per clip and one patched pass per target and clip (stacking a
-    reference row beside every patched row took two per target and clip). Returns ``([target][clip] -> text token
-    ids, the reference clips' encoder output (batch, frames, d_model))``."""
+    reference row beside every patched row took two per target and clip). Without ``reference_output`` the
+    reference pass stops after the deepest layer the targets read. Returns ``([target][clip] -> text token ids,
+    the reference clips' encoder output (batch, frames, d_model), or None without reference_output)``."""
     from .cache import cache_activations
 
-    points = sorted({p.name for t in targets for name, iv in _interventions(t) if iv.value is REFERENCE
-                     for p in resolve_hook_points(lm, name)})
+    read = {p for t in targets for name, iv in _interventions(t) if iv.value is REFERENCE
+            for p in resolve_hook_points(lm, name)}
+    points = sorted(p.name for p in read)
+    stop = None
+    if not reference_output:  # as deep as the deepest point read (enc.final, layer None: the whole encoder)
+        stop = 1 + max(p.layer for p in read) if read and all(p.layer is not None for p in read) else None
     results: list[list[Any]] = [[None] * len(clean_feats) for _ in targets]
     ref_states = []
     block = max(1, encoder_rows)
     for start in _progress(range(0, len(clean_feats), block), progress, "encoder patches"):
         rows = slice(start, start + block)
-        # no cache where no target reads the reference (reference_cache is then None)
+        # no cache where no target reads the reference (reference_cache is then None), and then no reference
+        # pass at all unless its output is wanted
         with (cache_activations(lm, points) if points else contextlib.nullcontext()) as reference_cache:
-            ref_states.append(run.encode_features(lm, ref_feats[rows]))
+            if points or reference_output:
+                ref_states.append(run.encode_features(lm, ref_feats[rows], stop_at_layer=stop))
         for i, target in enumerate(targets):
             patched = run.encode_features(lm, clean_feats[rows], patches=_rowwise(target, None, reference_cache))
             results[i][rows] = decode(patched)
-    return results, torch.cat(ref_states)
+    return results, (torch.cat(ref_states) if reference_output else None)
 
 
 @torch.no_grad()
 def generate_sweep(lm: Any, audio_list: Sequence[Any], targets: Sequence[PatchTarget], *,
                    reference: Any = "white_noise", max_new_tokens: int = 96, batch_rows: int = 256,
-                   encoder_rows: int = 16, method: str = "batched", progress: bool = False) -> GenerationSweep:
+                   encoder_rows: int = 16, method: str = "batched", reference_texts: bool = True,
+                   progress: bool = False) -> GenerationSweep:
     """Greedy transcripts of every clip with each target patched during generation.
 
     ``REFERENCE`` in a target means the component's value in the **reference run**: the same model on the reference
@@ -819,6 +828,13 @@ def generate_sweep(lm: Any, audio_list: Sequence[Any], targets: Sequence[PatchTa
         batch_rows: most decoder rows per forward (each target and clip takes two: patched and reference).
         encoder_rows: most clips per encoder forward, for encoder targets.
         method: ``"batched"`` or ``"naive"`` (one clip and one target at a time, encoder rerun, nothing shared).
+        reference_texts: also decode the reference clips themselves (``GenerationSweep.reference_texts``; None
+            without it). Leaving them out saves a decode of every reference clip and, for encoder targets on clips
+            (not :class:`EncodedClips`), most of the reference pass: it stops after the deepest layer the targets
+            read.
+
+    The unpatched transcripts of clips given as arrays are read from the :mod:`~asrinterp_utils.store` where the
+    model already decoded them with the same ``max_new_tokens`` (and filed otherwise).
     """
     if method not in ("batched", "naive"):
         raise ValueError(f"method must be 'batched' or 'naive', got {method!r}")
@@ -842,8 +858,10 @@ def generate_sweep(lm: Any, audio_list: Sequence[Any], targets: Sequence[PatchTa
             clean = store.encoded(lm, clips)
             ref_feats, _ = lm.features(_reference_clips(clips, reference))
             results, ref_states = _encoder_patched(lm, clean.features, ref_feats, targets, decode, encoder_rows,
-                                                   progress)
+                                                   progress, reference_output=reference_texts)
             encoded = EncodedClips(clean.features, ref_feats, clean.states, ref_states, id(lm.model))
+            encoded._decoded["baseline", "enc", max_new_tokens] = [  # the store's, or decoded now and filed
+                t.text_ids for t in store.transcripts(lm, clips, max_new_tokens=max_new_tokens, states=clean.states)]
         else:
             results, _ = _encoder_patched(lm, encoded.clean_features, encoded.reference_features, targets, decode,
                                           encoder_rows, progress)
@@ -884,7 +902,7 @@ def generate_sweep(lm: Any, audio_list: Sequence[Any], targets: Sequence[PatchTa
             chunks = [queue[i:i + per_forward] for i in range(0, len(queue), per_forward)]
             for c, chunk in enumerate(_progress(chunks, progress, "decoder patches")):
                 # The reference clips' own transcripts ride along in the first batch too.
-                with_references = c == 0 and reference_key not in encoded._decoded
+                with_references = c == 0 and reference_texts and reference_key not in encoded._decoded
                 texts, references = _patched_greedy(lm, clean_states, ref_states, chunk, max_new_tokens,
                                                     reference_texts=with_references)
                 results.extend(texts)
@@ -893,12 +911,13 @@ def generate_sweep(lm: Any, audio_list: Sequence[Any], targets: Sequence[PatchTa
             if not known:
                 encoded._decoded[key] = results.pop(0)
             baseline = encoded._decoded[key]
-    reference_texts = encoded.decoded(reference_key, lambda: [text(ids) for ids in decode(ref_states)])
+    references = (encoded.decoded(reference_key, lambda: [text(ids) for ids in decode(ref_states)])
+                  if reference_texts else None)
     return GenerationSweep(
         labels=[t.label for t in targets], token_ids=results,
         texts=[[text(ids) for ids in per_clip] for per_clip in results],
         baseline_ids=baseline, baseline_texts=[text(ids) for ids in baseline],
-        reference_texts=reference_texts, max_new_tokens=max_new_tokens)
+        reference_texts=references, max_new_tokens=max_new_tokens)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from . import store
+from . import run, store
 from .audio import SAMPLE_RATE
 from .metrics import is_repetitive, longest_repeat, normalize_text, word_error_rate
 from .runtime import cache_dir, write_text_atomic
@@ -122,8 +122,8 @@ def _candidates_key(lm: Any, candidates: pd.DataFrame, max_new_tokens: int) -> s
     return h.hexdigest()[:20]
 
 
-def mine_loops(lm: Any, candidates: pd.DataFrame, *, max_new_tokens: int = 96, batch_size: int = 8,
-               use_cache: bool = True, progress: bool = True) -> pd.DataFrame:
+def mine_loops(lm: Any, candidates: pd.DataFrame, *, max_new_tokens: int = 96,
+               batch_size: int = run.GREEDY_BATCH, use_cache: bool = True, progress: bool = True) -> pd.DataFrame:
     """Decode every candidate greedily (English, no timestamps, no temperature fallback) and mark the loops.
 
     Returns ``candidates`` (without the audio) plus ``transcript, n_tokens, hit_limit`` (ran to

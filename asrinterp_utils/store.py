@@ -244,11 +244,12 @@ def _read(path: Path) -> Transcript | None:
         return None
 
 
-def transcripts(lm: Any, clips: Sequence[np.ndarray], *, max_new_tokens: int = 128, batch_size: int = 16,
-                use_store: bool = True, states: torch.Tensor | None = None) -> list[Transcript]:
+def transcripts(lm: Any, clips: Sequence[np.ndarray], *, max_new_tokens: int = 128,
+                batch_size: int = run.GREEDY_BATCH, use_store: bool = True,
+                states: torch.Tensor | None = None) -> list[Transcript]:
     """Greedy English transcripts (:func:`asrinterp_utils.run.greedy`) of clips (1-D float32 arrays at 16 kHz),
     read from the store where this model already transcribed the same samples with the same limit; the others are
-    computed in batches of ``batch_size`` and stored. ``use_store=False``, or a hook of this package attached (a
+    decoded in batches of ``batch_size`` (the encoder runs in its own batches) and stored. ``use_store=False``, or a hook of this package attached (a
     patch around the call), computes everything and stores nothing. ``states``: the clips' encoder output
     ``(batch, 1500, d_model)`` when the caller already has it (from :func:`encoded`), so it is not read again."""
     clips = list(clips)
@@ -273,7 +274,7 @@ def transcripts(lm: Any, clips: Sequence[np.ndarray], *, max_new_tokens: int = 1
     return out  # type: ignore[return-value]
 
 
-def decoded(lm: Any, clips: Sequence[np.ndarray], *, max_new_tokens: int = 128, batch_size: int = 16,
+def decoded(lm: Any, clips: Sequence[np.ndarray], *, max_new_tokens: int = 128, batch_size: int = run.GREEDY_BATCH,
             use_store: bool = True, states: torch.Tensor | None = None) -> run.Decoded:
     """:func:`transcripts` laid out as :func:`asrinterp_utils.run.greedy` returns them (:class:`run.Decoded`:
     ``ids (batch, n_prompt + n_steps)``, the prompt, each row's tokens, then ``<|endoftext|>`` padding), for work

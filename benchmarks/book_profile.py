@@ -54,8 +54,10 @@ def main() -> None:
     if os.environ.get("ASRINTERP_FAST", "0") != "0":
         parser.error("the profile is of the full book: run with ASRINTERP_FAST=0")
     chapters = args.chapters or sorted((ROOT / "chapters").glob("[0-9]*.md"))
-    cache = os.environ.get("ASRINTERP_CACHE")
-    cold = cache is not None and not any(Path(cache).iterdir())
+    from asrinterp_utils.runtime import cache_dir
+
+    root = cache_dir()  # ASRINTERP_CACHE, or the default folder
+    cold = not root.exists() or not any(root.iterdir())
     result = {"cache": "empty" if cold else "as found", "chapters": {}}
     for path in chapters:
         result["chapters"][path.stem] = profile_chapter(path.resolve())

@@ -72,6 +72,25 @@ def test_encoder_targets_batched_equals_naive_and_final_gives_the_reference(lm, 
     assert fast.texts[-1] == fast.reference_texts  # the decoder hears only the reference
 
 
+def test_without_reference_texts_an_encoder_sweep_gives_the_same_transcripts_from_a_shorter_reference_pass(
+        lm, clips, monkeypatch):
+    targets = patching.component_targets(lm, "enc.0.mlp_out", source=patching.REFERENCE)
+    full = patching.generate_sweep(lm, clips, targets, max_new_tokens=MAX_NEW)
+    depths = []
+    encode = run.encode_features
+
+    def counting(*args, stop_at_layer=None, **kwargs):
+        depths.append(stop_at_layer)
+        return encode(*args, stop_at_layer=stop_at_layer, **kwargs)
+
+    monkeypatch.setattr(run, "encode_features", counting)
+    short = patching.generate_sweep(lm, clips, targets, max_new_tokens=MAX_NEW, reference_texts=False)
+    assert short.token_ids == full.token_ids and short.baseline_ids == full.baseline_ids
+    assert short.reference_texts is None and full.reference_texts is not None
+    assert 1 in depths  # the reference pass stopped after layer 0, the only layer the target reads
+    assert short.baseline_ids == _greedy(lm, clips)  # the unpatched transcripts, read from the store or decoded
+
+
 def test_mixed_sides_and_bad_sources_are_refused(lm, clips):
     mixed = patching.PatchTarget("both", {"enc.0.mlp_out": hooks.replace(patching.REFERENCE),
                                           "dec.0.mlp_out": hooks.replace(patching.REFERENCE)})

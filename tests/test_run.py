@@ -45,6 +45,23 @@ def test_encoding_under_a_cache_runs_as_one_call(lm):
     assert cache["enc.0.resid_post"].shape[:2] == (5, states.shape[1])
 
 
+def test_a_truncated_encoder_pass_returns_that_layers_residual_and_fills_earlier_caches(lm):
+    feats, _ = lm.features(toy_clips(3))
+    n_layers = len(lm.model.model.encoder.layers)
+    with cache_activations(lm, ["enc.0.resid_post", "enc.0.mlp_out", f"enc.{n_layers - 1}.resid_post"]) as full:
+        whole = run.encode_features(lm, feats)
+    with cache_activations(lm, "enc.0.mlp_out") as early:
+        stopped = run.encode_features(lm, feats, stop_at_layer=1, batch_size=2)
+    assert torch.equal(stopped, full["enc.0.resid_post"]) and torch.equal(early["enc.0.mlp_out"], full["enc.0.mlp_out"])
+    assert not torch.allclose(stopped, whole)  # stopped early: not the encoder output (the test can fail)
+    last = run.encode_features(lm, feats, stop_at_layer=n_layers)  # every layer, but no final LayerNorm
+    torch.testing.assert_close(last, full[f"enc.{n_layers - 1}.resid_post"])
+    assert hooks.active_hook_count(lm) == 0 and not lm.model.model.encoder.layers[0]._forward_hooks
+    for bad in (0, n_layers + 1, 1.5, True):
+        with pytest.raises(ValueError, match="stop_at_layer"):
+            run.encode_features(lm, feats, stop_at_layer=bad)
+
+
 @torch.no_grad()
 @pytest.mark.parametrize("kv_rows", [None, [3, 2, 1, 0], [0, 1, 2, 3, 0, 1, 2, 3, 2], [1, 1, 1]])
 def test_teacher_force_equals_one_forward_per_row(lm, states, kv_rows):
