@@ -28,6 +28,8 @@ HOP_LENGTH = 160
 """Samples per log-mel frame (10 ms)."""
 SAMPLES_PER_ENCODER_FRAME = 2 * HOP_LENGTH
 """Samples per encoder frame (20 ms), since the encoder's second convolution has stride 2."""
+SECONDS_PER_FRAME = SAMPLES_PER_ENCODER_FRAME / SAMPLE_RATE
+"""Seconds per encoder frame (0.02)."""
 N_ENCODER_FRAMES = MAX_SAMPLES // SAMPLES_PER_ENCODER_FRAME  # 1500
 
 AudioLike = Union[str, Path, np.ndarray]

@@ -431,3 +431,34 @@ def check_transcript_logprob(answer: float | Any, lm: Any, features: torch.Tenso
                     f"{truth:.3f} nats per token, {flag} Whisper's fallback threshold of -1.",
                     f"got {answer}, expected {truth:.4f}; take `log_softmax` of the logits at positions start-1 ... "
                     "T-2 (each predicts the next token), read the log-probability of the token that follows, average")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Chapter 10: Sparse features
+# ---------------------------------------------------------------------------------------------------------------
+
+def check_sae_l0(answer: float | Any, sae: Any, rows: torch.Tensor) -> CheckResult:
+    """Exercise 10.1: the mean number of latents of ``sae`` (a :class:`~asrinterp_utils.sae.TopKSAE`) that are
+    non-zero per row of ``rows (n, d_in)``: its L0."""
+    with torch.no_grad():
+        z = sae.encode(rows)
+    truth = float((z > 0).sum(-1).float().mean())
+    ok = not _unanswered(answer) and abs(float(answer) - truth) < 1e-6
+    return _verdict("Exercise 10.1", answer, ok,
+                    f"{truth:.2f} of {sae.d_sae} latents per row; at most k = {sae.k}, fewer where some of the k "
+                    "largest pre-activations are negative (the ReLU after the TopK zeroes them).",
+                    f"got {answer}, expected {truth:.3f}; count the non-zero entries of `sae.encode(rows)` in each row, "
+                    "then average over rows")
+
+
+def check_fraction_of_variance_explained(answer: float | Any, sae: Any, rows: torch.Tensor) -> CheckResult:
+    """Exercise 10.2: ``1 - sum ||x - sae(x)||^2 / sum ||x - mean(x)||^2`` over ``rows (n, d_in)``."""
+    with torch.no_grad():
+        residual = float(((sae(rows) - rows) ** 2).sum())
+    total = float(((rows - rows.mean(0)) ** 2).sum())
+    truth = 1.0 - residual / total
+    ok = not _unanswered(answer) and abs(float(answer) - truth) < 1e-4
+    return _verdict("Exercise 10.2", answer, ok,
+                    f"{truth:.3f}: the reconstruction keeps that share of the rows' variance around their mean.",
+                    f"got {answer}, expected {truth:.4f}; sum the squared reconstruction errors over rows and "
+                    "dimensions, divide by the summed squared deviations from the rows' mean, subtract from 1")

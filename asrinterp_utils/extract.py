@@ -77,7 +77,8 @@ from tqdm.auto import tqdm
 from . import run, store
 from .cache import cache_activations
 from .hooks import hf_model, resolve_hook_points
-from .models import SAMPLE_RATE, SAMPLES_PER_ENCODER_FRAME, attention_backend, weights_fingerprint
+from .audio import SECONDS_PER_FRAME
+from .models import attention_backend, weights_fingerprint
 from .runtime import atomic_path, write_text_atomic
 
 __all__ = ["ConfigMismatchError", "FeatureStore", "LazyClips", "Shard", "TableFeatures", "extract_features",
@@ -87,7 +88,6 @@ __all__ = ["ConfigMismatchError", "FeatureStore", "LazyClips", "Shard", "TableFe
 FORMAT = 2  # bump when the folder layout changes: older folders are then refused (2: decoder shards keep tokens)
 POOLS = ("mean", "max", "last")
 SIDES = ("encoder", "decoder")
-SECONDS_PER_FRAME = SAMPLES_PER_ENCODER_FRAME / SAMPLE_RATE  # one encoder frame: 0.02 s
 CONFIG_FILE = "config.json"
 MANIFEST_FILE = "manifest.json"
 

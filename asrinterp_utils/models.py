@@ -42,12 +42,11 @@ import numpy as np
 import torch
 
 from . import runtime
-from .audio import SAMPLE_RATE, validate_audio
+from .audio import SAMPLE_RATE, SAMPLES_PER_ENCODER_FRAME, validate_audio
 
 __all__ = ["ModelDims", "LoadedModel", "ModelNotAvailableError", "load_model", "available_models", "attention_backend",
            "random_init_model", "weights_fingerprint"]
 
-SAMPLES_PER_ENCODER_FRAME = 320  # hop 160 samples per log-mel frame x stride 2 of the encoder's second conv
 CACHE_FORMAT = 1  # bump when the cached folder's layout or conversion changes: old caches are then rebuilt
 MANIFEST_NAME = "asrinterp_manifest.json"
 

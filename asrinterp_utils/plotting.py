@@ -4,13 +4,11 @@ from __future__ import annotations
 import io
 from typing import Sequence
 
-
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 
-SECONDS_PER_FRAME = 0.02
-"""One encoder frame is 20 ms."""
+from .audio import SECONDS_PER_FRAME
 
 
 def set_style() -> None:
@@ -37,7 +35,15 @@ def cross_attention_heatmap(pattern: np.ndarray, tokens: Sequence[str], n_frames
     Rows are decoder tokens (the label of the token *being read*, i.e. the input at that position), columns the
     first ``n_frames`` encoder frames with the x axis in seconds. Returns the matplotlib Axes.
     """
-    pattern = np.asarray(pattern, dtype=np.float32)[:, :n_frames]
+    pattern = np.asarray(pattern, dtype=np.float32)
+    if pattern.ndim != 2 or len(tokens) != pattern.shape[0]:
+        raise ValueError(f"cross_attention_heatmap: pattern must be (tokens, frames) with one row per token label; "
+                         f"got {pattern.shape} for {len(tokens)} tokens (take one head of one clip: "
+                         "cache[point][clip, head])")
+    if not 1 <= int(n_frames) <= pattern.shape[1]:
+        raise ValueError(f"cross_attention_heatmap: n_frames must be 1..{pattern.shape[1]} (the clip's real "
+                         f"frames, lm.features(clips)[1]); got {n_frames}")
+    pattern = pattern[:, :int(n_frames)]
     if ax is None:
         _, ax = plt.subplots(figsize=(min(12, 3 + n_frames / 40), 0.28 * len(tokens) + 1.6))
     sns.heatmap(pattern, ax=ax, cmap="magma", cbar=cbar, vmin=0.0, vmax=float(pattern.max()) or 1.0,
@@ -63,6 +69,10 @@ def lens_heatmap(result, tokenizer, input_ids: Sequence[int], *, row: int = 0, p
     ``result`` is a :class:`~asrinterp_utils.lens.LogitLensResult`; ``input_ids`` the teacher-forced ids of batch row
     ``row``. Returns the matplotlib Axes.
     """
+    n_rows, n_positions = result.final_prob.shape[1:3]
+    if not 0 <= row < n_rows or len(input_ids) != n_positions:
+        raise ValueError(f"lens_heatmap: row must be in 0..{n_rows - 1} and input_ids that row's {n_positions} "
+                         f"teacher-forced ids (the labels of the columns); got row {row} and {len(input_ids)} ids")
     positions = list(range(len(input_ids))) if positions is None else list(positions)
     prob = result.final_prob[:, row, positions].numpy()  # (layers, positions)
     tops = result.top_ids[:, row, positions, 0].numpy()

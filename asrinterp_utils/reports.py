@@ -34,6 +34,7 @@ RESULT_FILES = {
     "activation_patching": "chapters/07_activation_patching",
     "repetition_hallucinations": "chapters/08_repetition_hallucinations",
     "semantic_bias": "chapters/09_semantic_bias",
+    "sparse_features": "chapters/10_sparse_features",
 }
 
 
@@ -376,6 +377,51 @@ def reproduction_claims(results: dict[str, dict]) -> list[Claim]:
             raise KeyError(f"{name}.json (saved by {RESULT_FILES[name]}) lacks what the report reads: {err!r}; "
                            "rerun that chapter, or update asrinterp_utils.reports") from err
     return claims
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Beyond the paper: what later work reports, beside what the book's later chapters measured
+# ---------------------------------------------------------------------------------------------------------------
+
+def _interval(value: float, low: float, high: float, digits: int = 2) -> str:
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def beyond_the_paper(results: dict[str, dict]):
+    """The findings of work after the paper that the book's later chapters take up, as their authors report them,
+    beside our numbers: one row per finding, ``finding, source, reported, <one column per model>, chapter``.
+    Nothing is judged here: the reported numbers are changes in behaviour of larger models under interventions
+    that these chapters do not all make, so the table sets them side by side and says what was measured."""
+    import pandas as pd
+
+    sparse = results["sparse_features"]
+    models = sorted(sparse, key=lambda m: (m != "tiny.en", m))
+
+    def best(model: str, task: str) -> str:
+        rows = sparse[model]["associations"][task]
+        if not rows:
+            return "no latent"
+        r = rows[0]
+        return (f"latent {int(r['latent'])}: held-out AUROC {_interval(r['auroc'], r['ci_low'], r['ci_high'])} "
+                f"(chosen among {sparse[model]['d_sae']} on other voices and sources)")
+
+    rows = [
+        {"finding": "a sparse autoencoder on a Whisper encoder layer keeps most of the activation",
+         "source": "AudioSAE (arXiv 2602.05027): SAEs on every encoder layer",
+         "reported": "trained on every layer; reconstruction figures not collected here",
+         **{m: (f"`{sparse[m]['point']}`, {sparse[m]['d_sae']} latents, k = {sparse[m]['k']}: held-out FVE "
+                f"{sparse[m]['fve_held_out']:.3f}; spliced in, loss recovered {sparse[m]['loss_recovered']:.3f}, "
+                f"WER {sparse[m]['wer_clean']:.3f} -> {sparse[m]['wer_spliced']:.3f} on "
+                f"{sparse[m]['splice_clips']} clips") for m in models}},
+        {"finding": "one SAE feature is about speech versus non-speech",
+         "source": "AudioSAE (arXiv 2602.05027)",
+         "reported": "steering one feature cuts false speech detections by 70 %",
+         **{m: best(m, "non-speech") + "; not steered" for m in models}},
+        {"finding": "SAE features carry speaker attributes",
+         "source": "(this book's question; no anchor)", "reported": "-",
+         **{m: best(m, "female (speech only)") for m in models}},
+    ]
+    return pd.DataFrame([{**r, "chapter": RESULT_FILES["sparse_features"]} for r in rows])
 
 
 def claims_frame(claims: list[Claim], models: list[str] | None = None):

@@ -43,11 +43,13 @@ import torch
 from torch import nn
 
 from . import run, store
+from .audio import SECONDS_PER_FRAME
 from .cache import cache_activations
-from .hooks import HookPoint, apply, parse_hook_point, whisper_core
+from .hooks import HookPoint, Intervention, apply, parse_hook_point, whisper_core
 
-__all__ = ["Activations", "SAEFit", "SAEMetrics", "SplicedCost", "TopKSAE", "collect_activations", "evaluate",
-           "load", "save", "spliced_cost", "train_topk"]
+__all__ = ["Activations", "SAEFit", "SAEMetrics", "SplicedCost", "TopKSAE", "clip_means", "collect_activations",
+           "evaluate", "label_association", "latents", "load", "save", "spliced_cost", "steer", "top_activations",
+           "train_topk"]
 
 SAELENS_VERSION = "6.0.0"
 """The SAELens config version written into ``cfg.json`` (SAELens reads a file without one as a pre-6.0 config)."""
@@ -124,6 +126,11 @@ class Activations:
 
     def __len__(self) -> int:
         return len(self.values)
+
+    def of_clips(self, clips: Sequence[int]) -> "Activations":
+        """The rows of the clips ``clips`` (indices into the clips given), in their order here; clip indices kept."""
+        keep = np.isin(self.clip, np.asarray(clips))
+        return Activations(self.values[torch.as_tensor(keep)], self.clip[keep], self.position[keep], self.point)
 
 
 def _plain_point(lm: Any, point: str, caller: str) -> HookPoint:
@@ -413,6 +420,140 @@ def _point_width(lm: Any, p: HookPoint) -> int:
     if p.point == "mlp_hidden":
         return int(config.encoder_ffn_dim if p.side == "enc" else config.decoder_ffn_dim)
     return int(config.d_model)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading features
+# ---------------------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def latents(sae: TopKSAE, activations: Any, *, batch_size: int = 8192) -> torch.Tensor:
+    """``sae.encode`` of every row, ``(n, d_sae)`` float32, in batches."""
+    x = _as_matrix(activations, "latents")
+    return torch.cat([sae.encode(x[s:s + batch_size].float()) for s in range(0, len(x), batch_size)])
+
+
+@torch.no_grad()
+def clip_means(sae: TopKSAE, activations: Activations, n_clips: int | None = None) -> np.ndarray:
+    """Each latent's mean activation over each clip's rows (its real frames, or its tokens): ``(n_clips, d_sae)``,
+    row ``c`` for ``activations.clip == c`` (``n_clips``: how many clips were given, when the last have no rows)."""
+    if not isinstance(activations, Activations):
+        raise ValueError("clip_means: give the Activations of collect_activations (rows must know their clip)")
+    z = latents(sae, activations)
+    clips = torch.as_tensor(activations.clip, dtype=torch.long)
+    n_clips = int(clips.max()) + 1 if n_clips is None else int(n_clips)
+    sums = torch.zeros(n_clips, sae.d_sae).index_add_(0, clips, z)
+    counts = torch.bincount(clips, minlength=n_clips).clamp_min(1)
+    return (sums / counts[:, None]).numpy()
+
+
+def _auroc(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """Area under the ROC curve of each column of ``scores (n, k)`` for the boolean ``positive (n,)``: the chance
+    that a positive row outscores a negative one (ties count half), ``(k,)``."""
+    from scipy.stats import rankdata
+
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    ranks = rankdata(scores, axis=0)
+    return (ranks[positive].sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def label_association(features: np.ndarray, labels: Any, groups: Any, select: Any, *, top: int = 10,
+                      n_resamples: int = 1000, seed: int = 0):
+    """Which latents tell a binary label apart: chosen on one split, measured on the other.
+
+    ``features``: ``(n_clips, d_sae)`` per-clip activations (:func:`clip_means`); ``labels``: ``(n_clips,)``
+    booleans (e.g. non-speech); ``groups``: ``(n_clips,)`` speakers or sources (resampled whole for the interval);
+    ``select``: ``(n_clips,)`` booleans, the **selection** split where every latent is ranked by how far its AUROC is
+    from 0.5. The ``top`` latents are then measured on the other clips (the **evaluation** split): AUROC with a
+    grouped bootstrap interval, the mean activation in each class and the share of clips where the latent fires.
+    Returns a DataFrame, one row per chosen latent, best first; ``direction`` says whether it was chosen for
+    being higher in the label (AUROC above 0.5 on the selection split) or lower.
+    """
+    import pandas as pd
+
+    features = np.asarray(features, dtype=np.float64)
+    labels, groups, select = (np.asarray(x) for x in (labels, groups, select))
+    if features.ndim != 2 or not len(features) == len(labels) == len(groups) == len(select):
+        raise ValueError(f"label_association: features (n_clips, d_sae) and one label, group and select flag per "
+                         f"clip; got {features.shape}, {len(labels)}, {len(groups)}, {len(select)}")
+    labels, select = labels.astype(bool), select.astype(bool)
+    for name, rows in (("selection", select), ("evaluation", ~select)):
+        if labels[rows].all() or not labels[rows].any():
+            raise ValueError(f"label_association: the {name} split needs clips of both classes")
+    chosen_auc = _auroc(features[select], labels[select])
+    order = np.argsort(-np.abs(chosen_auc - 0.5), kind="stable")[:top]
+    held = ~select
+    x, y = features[held][:, order], labels[held]
+    auc = _auroc(x, y)
+    _, codes = np.unique(groups[held], return_inverse=True)
+    rng = np.random.default_rng(seed)
+    members = [np.flatnonzero(codes == g) for g in range(codes.max() + 1)]
+    draws = []
+    for _ in range(int(n_resamples)):
+        rows = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+        if y[rows].all() or not y[rows].any():
+            continue
+        draws.append(_auroc(x[rows], y[rows]))
+    low, high = (np.percentile(np.array(draws), [2.5, 97.5], axis=0) if draws
+                 else (np.full(len(order), np.nan), np.full(len(order), np.nan)))
+    return pd.DataFrame({
+        "latent": order, "direction": np.where(chosen_auc[order] >= 0.5, "higher in label", "lower in label"),
+        "auroc_selection": chosen_auc[order], "auroc": auc, "ci_low": low, "ci_high": high,
+        "mean_in_label": x[y].mean(0), "mean_outside": x[~y].mean(0), "fires_in_label": (x[y] > 0).mean(0),
+        "fires_outside": (x[~y] > 0).mean(0), "n_label": int(y.sum()), "n_outside": int((~y).sum()),
+        "groups": len(members)})
+
+
+@torch.no_grad()
+def top_activations(sae: TopKSAE, activations: Activations, latent: int, *, n: int = 5):
+    """Where a latent fires most: the ``n`` rows with its largest activation, at most one per clip. Returns a
+    DataFrame ``clip, position, seconds`` (an encoder frame's start in its clip; NaN for decoder tokens),
+    ``activation``."""
+    import pandas as pd
+
+    if not 0 <= int(latent) < sae.d_sae:
+        raise ValueError(f"top_activations: latent must be in 0..{sae.d_sae - 1}; got {latent}")
+    values = latents(sae, activations)[:, int(latent)].numpy()
+    table = pd.DataFrame({"clip": activations.clip, "position": activations.position, "activation": values})
+    table = table[table.activation > 0].sort_values("activation", ascending=False, kind="stable")
+    table = table.drop_duplicates("clip").head(n).reset_index(drop=True)
+    seconds = table.position * SECONDS_PER_FRAME if activations.point.startswith("enc.") else float("nan")
+    return table.assign(seconds=seconds)[["clip", "position", "seconds", "activation"]]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Steering along a latent
+# ---------------------------------------------------------------------------------------------------------------
+
+def steer(sae: TopKSAE, latent: int, *, add: float | None = None, clamp: float | None = None,
+          positions: Any = None, rows: Any = None) -> Intervention:
+    """An intervention (for :func:`~asrinterp_utils.hooks.patch`, or the ``patches`` of the execution layer's
+    calls) that moves the point along ``latent``'s decoder direction ``W_dec[latent]`` ``(d_in,)``.
+
+    ``add=a``: raise the latent's activation by ``a`` everywhere (``x + a * W_dec[latent]``; ``a = 0`` changes
+    nothing). ``clamp=c``: set the latent's activation to ``c`` (``x + (c - z(x)) * W_dec[latent]``, ``z(x)`` the
+    latent's value in ``sae.encode(x)``, 0 where it is not among the top ``k``; ``c = 0`` removes the feature where
+    it fires and keeps whatever the SAE does not reconstruct). Exactly one of the two. ``positions``/``rows``
+    restrict it as for any intervention.
+    """
+    if (add is None) == (clamp is None):
+        raise ValueError("steer: give exactly one of add= (raise the latent by that much) or clamp= (set it to that "
+                         "value)")
+    if isinstance(latent, bool) or not 0 <= int(latent) < sae.d_sae or int(latent) != latent:
+        raise ValueError(f"steer: latent must be a whole number in 0..{sae.d_sae - 1}; got {latent!r}")
+    direction = sae.W_dec[int(latent)].detach()
+
+    def fn(act: torch.Tensor, ctx: Any) -> torch.Tensor:
+        if act.shape[-1] != sae.d_in:
+            raise ValueError(f"steer: the SAE reads {sae.d_in}-dimensional activations, {ctx.point.name} is "
+                             f"{act.shape[-1]}-dimensional")
+        step = direction.to(act.device, act.dtype)
+        if add is not None:
+            return act + float(add) * step
+        current = sae.encode(act.float())[..., int(latent)].to(act.dtype)
+        return act + (float(clamp) - current)[..., None] * step
+
+    return apply(fn, positions=positions, rows=rows)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 import torch
 
-from asrinterp_utils import audio, extract, hooks, lens, metrics, patching, probes, repetition, run, stats
+from asrinterp_utils import (audio, extract, hooks, lens, metrics, patching, plotting, probes, repetition, run, sae,
+                             stats)
 from asrinterp_utils.audio import AudioError
 from asrinterp_utils.cache import CachePassError, cache_activations
 from asrinterp_utils.data import bank
@@ -342,6 +343,23 @@ CASES = [
      "n_folds must be .* \\(4\\)"),
     ("stats: a paired comparison of different items", lambda: stats.paired_difference([1, 2], [1]), ValueError,
      "a has 2 items and b 1"),
+    ("execution: an encoder pass stopped past the last layer", lambda: run.encode_features(LM, FEATS, stop_at_layer=9),
+     ValueError, "stop_at_layer must be .* from 1 to 2"),
+    ("sae: more active latents than latents", lambda: sae.TopKSAE(16, 8, 9), ValueError, r"k \(9\)"),
+    ("sae: activations of another width", lambda: sae.TopKSAE(16, 32, 4).encode(torch.zeros(2, 8)), ValueError,
+     r"\(\.\.\., 16\)"),
+    ("sae: a per-head point", lambda: sae.collect_activations(LM, CLIPS, "enc.0.head_out"), ValueError,
+     "enc.0.head_out is laid out"),
+    ("sae: an SAE of another point's width", lambda: sae.spliced_cost(LM, sae.TopKSAE(8, 16, 2), "enc.1.mlp_hidden",
+                                                                       CLIPS), ValueError, "8-dimensional"),
+    ("sae: a label association without both classes held out", lambda: sae.label_association(
+        np.ones((4, 3)), [True, False, True, True], [0, 1, 2, 3], [True, True, False, False]), ValueError,
+     "evaluation split needs clips of both classes"),
+    ("sae: no SAE in the folder", lambda: sae.load(TMP / "no-sae"), FileNotFoundError, "cfg.json"),
+    ("plotting: a pattern with more rows than token labels", lambda: plotting.cross_attention_heatmap(
+        np.ones((4, 30)), ["a", "b"], 20), ValueError, "one row per token label"),
+    ("plotting: more real frames than the pattern has", lambda: plotting.cross_attention_heatmap(
+        np.ones((2, 30)), ["a", "b"], 31), ValueError, "n_frames must be 1..30"),
 ]
 
 

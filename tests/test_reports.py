@@ -202,3 +202,14 @@ def test_the_best_head_is_judged_against_a_typical_head_when_saved(results):
         assert "a typical head 70 %" in head.ours[model]
     forest = reports.forest_frame([head])
     assert set(forest[forest.model.isin(looping)].null) == {0.7}
+
+
+def test_beyond_the_paper_sets_reported_numbers_beside_ours(results):
+    table = reports.beyond_the_paper(results)
+    assert list(table.columns[:3]) == ["finding", "source", "reported"] and "tiny.en" in table.columns
+    assert table.chapter.eq("chapters/10_sparse_features").all()
+    steering = table[table.finding.str.contains("speech versus non-speech")].iloc[0]
+    assert "70 %" in steering.reported and "AUROC" in steering["tiny.en"] and "not steered" in steering["tiny.en"]
+    changed = copy.deepcopy(results)
+    changed["sparse_features"]["tiny.en"]["fve_held_out"] = 0.123456
+    assert "0.123" in reports.beyond_the_paper(changed).iloc[0]["tiny.en"]  # it reads the saved numbers

@@ -163,3 +163,62 @@ def test_bad_arguments_name_what_is_wrong(lm):
         sae.spliced_cost(lm, sae.TopKSAE(8, 16, 2), "enc.1.resid_post", toy_clips(1))
     with pytest.raises(ValueError, match="references"):
         sae.spliced_cost(lm, exact_sae(16), "enc.1.resid_post", toy_clips(2), references=["a"])
+
+
+def test_a_planted_label_latent_is_chosen_on_one_split_and_measured_on_the_other():
+    rng = np.random.default_rng(0)
+    n_clips, d_sae = 80, 12
+    labels = np.arange(n_clips) % 2 == 0
+    groups = np.arange(n_clips) // 4  # 4 clips per speaker, both classes within a speaker
+    features = rng.random((n_clips, d_sae))
+    features[:, 7] += 2.0 * labels  # latent 7 fires more on the label
+    select = groups % 2 == 0
+    table = sae.label_association(features, labels, groups, select, top=3, n_resamples=200)
+    assert table.latent.iloc[0] == 7 and table.auroc.iloc[0] == pytest.approx(1.0)
+    assert table.ci_low.iloc[0] > 0.9 and table.n_label.iloc[0] == int(labels[~select].sum())
+    noise_only = sae.label_association(rng.random((n_clips, d_sae)), labels, groups, select, top=3, n_resamples=200)
+    holds_chance = (noise_only.ci_low < 0.5) & (noise_only.ci_high > 0.5)
+    assert holds_chance.sum() >= 2  # latents chosen on noise: held out, their intervals mostly hold chance
+    with pytest.raises(ValueError, match="both classes"):
+        sae.label_association(features, labels, groups, labels)
+
+
+def test_clip_means_and_top_activations_follow_the_rows():
+    model = exact_sae(2)  # latents relu(x), relu(-x)
+    values = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0], [5.0, -1.0]])
+    acts = sae.Activations(values, np.array([0, 0, 1, 2]), np.array([0, 1, 0, 7]), "enc.0.resid_post")
+    means = sae.clip_means(model, acts, n_clips=4)
+    assert means.shape == (4, 4) and means[0, 0] == pytest.approx(2.0) and means[3].sum() == 0  # clip 3: no rows
+    top = sae.top_activations(model, acts, 0, n=5)
+    assert top["clip"].tolist() == [2, 0] and top.activation.tolist() == [5.0, 3.0]  # one row per clip, largest first
+    assert top.seconds.tolist() == pytest.approx([7 * 0.02, 1 * 0.02])
+    with pytest.raises(ValueError, match="latent"):
+        sae.top_activations(model, acts, 9)
+    part = acts.of_clips([2, 0])
+    assert part.clip.tolist() == [0, 0, 2] and torch.equal(part.values, values[[0, 1, 3]])
+
+
+def test_steering_by_zero_changes_nothing_and_clamping_sets_the_latent(lm):
+    rows, _ = planted(n=400, d=16)
+    model = sae.train_topk(rows, d_sae=32, k=4, epochs=1, seed=0).sae
+    clips = toy_clips(2)
+    states = run.encode(lm, clips).states
+    ids = run.greedy(lm, states, max_new_tokens=6).ids
+    clean = run.teacher_force(lm, states, ids)
+    still = run.teacher_force(lm, states, ids, patches={"dec.0.resid_post": sae.steer(model, 3, add=0.0)})
+    assert torch.equal(still, clean)  # a zero-strength intervention changes nothing
+    pushed = run.teacher_force(lm, states, ids, patches={"dec.0.resid_post": sae.steer(model, 3, add=5.0)})
+    assert not torch.allclose(pushed, clean)  # the test can fail
+    x = rows[:50]
+    latent = int(model.encode(x).sum(0).argmax())  # a latent that fires on these rows
+    from asrinterp_utils.hooks import HookContext, HookPoint
+
+    ctx = HookContext(HookPoint("dec.0.resid_post", "dec", 0, "resid_post"), torch.arange(50))
+    clamped = sae.steer(model, latent, clamp=0.0).value(x[None], ctx)[0]
+    z = model.encode(x)[:, latent]
+    torch.testing.assert_close(clamped, x - z[:, None] * model.W_dec[latent])  # its part of the reconstruction gone
+    assert torch.equal(clamped[z == 0], x[z == 0]) and not torch.equal(clamped[z > 0], x[z > 0])
+    with pytest.raises(ValueError, match="exactly one"):
+        sae.steer(model, 3)
+    with pytest.raises(ValueError, match="latent"):
+        sae.steer(model, 32, add=1.0)
