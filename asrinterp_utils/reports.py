@@ -402,8 +402,10 @@ def beyond_the_paper(results: dict[str, dict]):
         if not rows:
             return "no latent"
         r = rows[0]
+        lower = r.get("direction") == "lower in label"  # chosen for firing less in the label: AUROC below 0.5
         return (f"latent {int(r['latent'])}: held-out AUROC {_interval(r['auroc'], r['ci_low'], r['ci_high'])} "
-                f"(chosen among {sparse[model]['d_sae']} on other voices and sources)")
+                f"({'fires less in the label; ' if lower else ''}chosen among {sparse[model]['d_sae']} on other "
+                f"speakers and sources, measured on {int(r['groups'])} held-out speakers and sources)")
 
     rows = [
         {"finding": "a sparse autoencoder on a Whisper encoder layer keeps most of the activation",
@@ -417,7 +419,8 @@ def beyond_the_paper(results: dict[str, dict]):
          "source": "AudioSAE (arXiv 2602.05027)",
          "reported": "steering one feature cuts false speech detections by 70 %",
          **{m: best(m, "non-speech") + "; not steered" for m in models}},
-        {"finding": "SAE features carry speaker attributes",
+        {"finding": "SAE features carry a voice's sex (female against male; few held-out speakers, so possibly the "
+                    "speakers themselves)",
          "source": "(this book's question; no anchor)", "reported": "-",
          **{m: best(m, "female (speech only)") for m in models}},
     ]
