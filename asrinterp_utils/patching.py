@@ -833,8 +833,9 @@ def generate_sweep(lm: Any, audio_list: Sequence[Any], targets: Sequence[PatchTa
             (not :class:`EncodedClips`), most of the reference pass: it stops after the deepest layer the targets
             read.
 
-    The unpatched transcripts of clips given as arrays are read from the :mod:`~asrinterp_utils.store` where the
-    model already decoded them with the same ``max_new_tokens`` (and filed otherwise).
+    For encoder targets on clips given as arrays, the unpatched transcripts are read from the
+    :mod:`~asrinterp_utils.store` where the model already decoded them with the same ``max_new_tokens`` (and filed
+    otherwise); for decoder targets they ride along in the first batch of patched rows.
     """
     if method not in ("batched", "naive"):
         raise ValueError(f"method must be 'batched' or 'naive', got {method!r}")

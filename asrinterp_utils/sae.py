@@ -465,7 +465,9 @@ def label_association(features: np.ndarray, labels: Any, groups: Any, select: An
     booleans (e.g. non-speech); ``groups``: ``(n_clips,)`` speakers or sources (resampled whole for the interval);
     ``select``: ``(n_clips,)`` booleans, the **selection** split where every latent is ranked by how far its AUROC is
     from 0.5. The ``top`` latents are then measured on the other clips (the **evaluation** split): AUROC with a
-    grouped bootstrap interval, the mean activation in each class and the share of clips where the latent fires.
+    grouped bootstrap interval (``n_resamples`` draws of the evaluation split's groups with replacement; a draw
+    left with one class has no AUROC and is skipped), the mean activation in each class and the share of clips
+    where the latent fires.
     Returns a DataFrame, one row per chosen latent, best first; ``direction`` says whether it was chosen for
     being higher in the label (AUROC above 0.5 on the selection split) or lower.
     """
