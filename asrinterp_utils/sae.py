@@ -157,6 +157,8 @@ def collect_activations(lm: Any, clips: Sequence[np.ndarray], point: str, *, bat
     clips = list(clips)
     if not clips:
         raise ValueError("collect_activations: no clips given")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"collect_activations: batch_size must be a whole number of clips >= 1; got {batch_size!r}")
     values, clip_ids, positions = [], [], []
     starts = range(0, len(clips), batch_size)
     if progress:

@@ -356,6 +356,8 @@ CASES = [
         np.ones((4, 3)), [True, False, True, True], [0, 1, 2, 3], [True, True, False, False]), ValueError,
      "evaluation split needs clips of both classes"),
     ("sae: no SAE in the folder", lambda: sae.load(TMP / "no-sae"), FileNotFoundError, "cfg.json"),
+    ("sae: a batch of no clips", lambda: sae.collect_activations(LM, CLIPS, "enc.0.resid_post", batch_size=0),
+     ValueError, "batch_size must be"),
     ("plotting: a pattern with more rows than token labels", lambda: plotting.cross_attention_heatmap(
         np.ones((4, 30)), ["a", "b"], 20), ValueError, "one row per token label"),
     ("plotting: more real frames than the pattern has", lambda: plotting.cross_attention_heatmap(
