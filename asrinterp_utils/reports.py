@@ -247,9 +247,10 @@ def _repetition(results: dict) -> list[Claim]:
     chapter = RESULT_FILES["repetition_hallucinations"]
     layer = Claim("Repetition hallucinations", "Patching a late decoder layer's cross-attention with its white-noise "
                   "value resolves repetition loops", "layer 23 of 32: 76 % of loops",
-                  "the best single component is a cross-attention output, and the Wilson interval of the share of "
-                  "loops it resolves (chosen on the selection loops, counted on held-out evaluation loops) lies "
-                  "above the share a typical component resolves (the mean over all components)",
+                  "the best single component is a cross-attention output in the second half of the decoder's layers "
+                  "(late, as the paper's layer 23 of 32 is), and the Wilson interval of the share of loops it "
+                  "resolves (chosen on the selection loops, counted on held-out evaluation loops) lies above the "
+                  "share a typical component resolves (the mean over all components)",
                   chapter, note="'stub': the patched transcript has two words or fewer", reported_value=0.76)
     head = Claim("Repetition hallucinations", "A single cross-attention head resolves many loops",
                  "layer 18, head 13: about 78 %", "the Wilson interval of the share of loops the best head resolves "
@@ -285,13 +286,16 @@ def _repetition(results: dict) -> list[Claim]:
 
         (comp_est, comp_how, comp_null), (head_est, head_how, head_null) = (resolved("component", comp),
                                                                             resolved("head", h))
-        layer.ours[model] = (f"`{comp['target']}`: {_pct(comp['resolved'])} of {n_chosen_on} loops in sample; "
+        n_layers, at = int(r["n_decoder_layers"]), int(comp["target"].split(".")[1])
+        late = at >= n_layers / 2
+        layer.ours[model] = (f"`{comp['target']}` (layer {at} of {n_layers}): {_pct(comp['resolved'])} of "
+                             f"{n_chosen_on} loops in sample; "
                              f"{_pct(comp_est.value)} [{_pct(comp_est.low)}, {_pct(comp_est.high)}] {comp_how} "
                              f"(stub {_pct(comp['stub'])}; a typical component {_pct(comp_null)})")
-        if comp["target"].endswith("cross_attn_out"):
+        if comp["target"].endswith("cross_attn_out") and late:
             layer.estimates[model], layer.null[model] = comp_est, comp_null
         else:
-            layer.holds[model] = False  # the best component is not a cross-attention output
+            layer.holds[model] = False  # the best component is not a late cross-attention output
         head.ours[model] = (f"`{h['target']}`: {_pct(h['resolved'])} in sample; {_pct(head_est.value)} "
                             f"[{_pct(head_est.low)}, {_pct(head_est.high)}] {head_how} (stub {_pct(h['stub'])}; "
                             f"a typical head {_pct(head_null)})")

@@ -213,3 +213,13 @@ def test_beyond_the_paper_sets_reported_numbers_beside_ours(results):
     changed = copy.deepcopy(results)
     changed["sparse_features"]["tiny.en"]["fve_held_out"] = 0.123456
     assert "0.123" in reports.beyond_the_paper(changed).iloc[0]["tiny.en"]  # it reads the saved numbers
+
+
+def test_an_early_cross_attention_layer_does_not_support_the_late_layer_claim(results):
+    early = copy.deepcopy(results)
+    early["repetition_hallucinations"]["tiny.en"]["best_component"]["target"] = "dec.0.cross_attn_out"
+    early["repetition_hallucinations"]["tiny.en"]["clean_wer"]["dec.0.cross_attn_out"] = 0.1
+    claim = next(c for c in reports.reproduction_claims(early) if c.claim.startswith("Patching a late decoder"))
+    assert "layer 0 of 4" in claim.ours["tiny.en"] and claim.verdict == reports.NOT_SUPPORTED
+    late = next(c for c in reports.reproduction_claims(results) if c.claim.startswith("Patching a late decoder"))
+    assert "layer 3 of 4" in late.ours["tiny.en"] and late.verdict != reports.NOT_SUPPORTED  # the test can fail
