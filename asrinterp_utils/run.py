@@ -560,7 +560,10 @@ class Decoded:
     n_prompt: int
 
     def texts(self, tokenizer: Any) -> list[str]:
-        """The transcripts, special tokens removed and stripped."""
+        """The transcripts, special tokens removed and stripped; with no tokenizer (a toy model), each row's token
+        ids written out, separated by spaces."""
+        if tokenizer is None:
+            return [" ".join(map(str, row)) for row in self.text_ids]
         return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in self.text_ids]
 
 

@@ -360,12 +360,6 @@ def _token_loss(logits: torch.Tensor, ids: torch.Tensor, lengths: list[int], n_p
     return torch.stack([-logprobs[row, n_prompt - 1:n_prompt - 1 + n].mean() for row, n in enumerate(lengths)])
 
 
-def _texts(lm: Any, decoded: run.Decoded) -> list[str]:
-    if lm.tokenizer is None:  # a model without a tokenizer (the tests' toy): the token ids as text
-        return [" ".join(map(str, ids)) for ids in decoded.text_ids]
-    return decoded.texts(lm.tokenizer)
-
-
 @torch.no_grad()
 def spliced_cost(lm: Any, sae: TopKSAE, point: str, clips: Sequence[np.ndarray], *,
                  references: Sequence[str] | None = None, max_new_tokens: int = 96) -> SplicedCost:
@@ -403,8 +397,8 @@ def spliced_cost(lm: Any, sae: TopKSAE, point: str, clips: Sequence[np.ndarray],
     clean = _token_loss(run.teacher_force(lm, encoded.states, decoded.ids), decoded.ids, lengths, decoded.n_prompt)
     spliced, states, plan = losses_and_states(lambda act: sae(act.float()).to(act.dtype))
     zeroed, _, _ = losses_and_states(torch.zeros_like)
-    texts_clean = _texts(lm, decoded)
-    texts_spliced = _texts(lm, run.greedy(lm, states, max_new_tokens=max_new_tokens, patches=plan))
+    texts_clean = decoded.texts(lm.tokenizer)
+    texts_spliced = run.greedy(lm, states, max_new_tokens=max_new_tokens, patches=plan).texts(lm.tokenizer)
     clean_loss, spliced_loss, zero_loss = float(clean.mean()), float(spliced.mean()), float(zeroed.mean())
     wer = (lambda texts: word_error_rate(list(references), texts)) if references is not None else (
         lambda texts: float("nan"))

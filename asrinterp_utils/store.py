@@ -265,8 +265,7 @@ def transcripts(lm: Any, clips: Sequence[np.ndarray], *, max_new_tokens: int = 1
         rows_states = (encoded(lm, [clips[i] for i in rows], use_store=use_store).states if states is None
                        else states[torch.as_tensor(rows, device=states.device)])
         decoded = run.greedy(lm, rows_states, max_new_tokens=max_new_tokens)
-        texts = decoded.texts(lm.tokenizer) if lm.tokenizer is not None else [" ".join(map(str, t))
-                                                                               for t in decoded.text_ids]
+        texts = decoded.texts(lm.tokenizer)
         for i, text, ids, hit in zip(rows, texts, decoded.text_ids, decoded.hit_limit):
             out[i] = Transcript(text, list(ids), bool(hit))
             if paths[i] is not None:
