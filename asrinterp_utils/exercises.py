@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 
@@ -462,3 +463,49 @@ def check_fraction_of_variance_explained(answer: float | Any, sae: Any, rows: to
                     f"{truth:.3f}: the reconstruction keeps that share of the rows' variance around their mean.",
                     f"got {answer}, expected {truth:.4f}; sum the squared reconstruction errors over rows and "
                     "dimensions, divide by the summed squared deviations from the rows' mean, subtract from 1")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Chapter 11: Repairing hallucinations
+# ---------------------------------------------------------------------------------------------------------------
+
+def check_silence_rule(answer: Any, outcome: Any) -> CheckResult:
+    """Exercise 11.1: Whisper's no-speech rule applied to the columns ``no_speech_prob`` and ``avg_logprob`` of
+    ``outcome`` (a :func:`~asrinterp_utils.repair.transcribe_with_silence` table): ``(n,)`` booleans, True where the
+    text is dropped."""
+    from .repair import silence_rule
+
+    truth = silence_rule(outcome["no_speech_prob"], outcome["avg_logprob"])
+    given = None if _unanswered(answer) else np.asarray(answer)
+    ok = given is not None and given.shape == truth.shape and given.dtype == bool and bool((given == truth).all())
+    wrong = (f"expected {len(truth)} booleans, got shape {getattr(given, 'shape', None)} and dtype "
+             f"{getattr(given, 'dtype', None)}" if given is None or given.shape != truth.shape or given.dtype != bool
+             else f"{int((given != truth).sum())} of {len(truth)} clips differ; drop the text where "
+                  "no_speech_prob > 0.6 and avg_logprob is not above -1 (both must hold)")
+    return _verdict("Exercise 11.1", answer, ok,
+                    f"{int(truth.sum())} of {len(truth)} clips dropped: the model must think the window silent and "
+                    "be unsure of its text; a confident 'you' survives.", wrong)
+
+
+def check_project_out(answer: Any) -> CheckResult:
+    """Exercise 11.2: ``answer(x, v)`` removes from activations ``x (..., d)`` their component along ``v (d,)`` (of
+    any length): checked against :func:`~asrinterp_utils.repair.steer_direction` with ``project_out=True`` on random
+    activations, and for idempotence."""
+    from .hooks import HookContext
+    from .repair import steer_direction
+
+    if _unanswered(answer):
+        return _verdict("Exercise 11.2", answer, False, "", "")
+    if not callable(answer):
+        raise WrongAnswer(f"Exercise 11.2: answer must be a function project_out(x, v); got {type(answer).__name__}")
+    g = torch.Generator().manual_seed(0)
+    x, v = torch.randn(3, 5, 16, generator=g), 7.0 * torch.randn(16, generator=g)
+    truth = steer_direction(v, project_out=True).value(x, HookContext(None, torch.arange(5)))
+    got = answer(x.clone(), v.clone())
+    ok = isinstance(got, torch.Tensor) and got.shape == x.shape and torch.allclose(got, truth, atol=1e-5)
+    twice = ok and torch.allclose(answer(got, v.clone()), got, atol=1e-5)
+    return _verdict("Exercise 11.2", answer, bool(ok and twice),
+                    "right: x minus (x . u) u with u = v / |v|; a second projection finds nothing left to remove.",
+                    "the result differs from x - (x . u) u with u = v / |v| (normalise v first; the projection of "
+                    "each row is a number per position: (x @ u)[..., None] * u)" if not ok else
+                    "applying it twice changes the result again: the component along v must be gone after once")

@@ -35,6 +35,7 @@ RESULT_FILES = {
     "repetition_hallucinations": "chapters/08_repetition_hallucinations",
     "semantic_bias": "chapters/09_semantic_bias",
     "sparse_features": "chapters/10_sparse_features",
+    "repairing_hallucinations": "chapters/11_repairing_hallucinations",
 }
 
 
@@ -428,7 +429,36 @@ def beyond_the_paper(results: dict[str, dict]):
          "source": "(this book's question; no anchor)", "reported": "-",
          **{m: best(m, "female (speech only)") for m in models}},
     ]
-    return pd.DataFrame([{**r, "chapter": RESULT_FILES["sparse_features"]} for r in rows])
+    rows = [{**r, "chapter": RESULT_FILES["sparse_features"]} for r in rows]
+    repairs = results["repairing_hallucinations"]
+
+    def repaired(model: str, label: str, what: str) -> str:
+        held = repairs[model]["held_out"]
+        before, after = held["none"]["hallucination"], held[label]["hallucination"]
+        change = held[label]["wer_change"]
+        return (f"{what}: non-speech with text {_interval(before['value'], before['low'], before['high'])} -> "
+                f"{_interval(after['value'], after['low'], after['high'])} on {after['n']} held-out clips; WER "
+                f"{held['none']['wer']:.3f} -> {held[label]['wer']:.3f} (per-clip change "
+                f"{_interval(change['value'], change['low'], change['high'])}); loops still looping "
+                f"{held['none']['loops']['successes']} -> {held[label]['loops']['successes']} of "
+                f"{held[label]['loops']['n']}")
+
+    heads = {m: next(k for k in repairs[m]["held_out"] if k.startswith("mask")) for m in repairs}
+    rows += [{**r, "chapter": RESULT_FILES["repairing_hallucinations"]} for r in [
+        {"finding": "masking a few decoder self-attention heads cuts hallucinations on non-speech audio",
+         "source": "Calm-Whisper (arXiv 2505.12969): heads found by masking, then fine-tuned",
+         "reported": "3 of 20 heads carry over 75 % of large-v3's non-speech hallucinations; fine-tuned, over 80 % "
+                     "fewer at under 0.1 % WER cost",
+         **{m: repaired(m, heads[m], f"{heads[m]} ({', '.join(repairs[m]['heads'])}), chosen on other sources "
+                                     "and speakers") if m in repairs else "not run" for m in models}},
+        {"finding": "steering the model's activations cuts hallucinations",
+         "source": "Aparin et al. (arXiv 2606.07473), AudioSAE (arXiv 2602.05027): SAE-feature steering",
+         "reported": "hallucination rate 72.6 % -> 14.1 % (small), 86.9 % -> 27.3 % (large-v3); 70 % fewer false "
+                     "speech detections",
+         **{m: repaired(m, "steer", f"a difference-of-means direction ({repairs[m]['steering']}), chosen on other "
+                                   "sources and speakers") if m in repairs else "not run" for m in models}},
+    ]]
+    return pd.DataFrame(rows)
 
 
 def claims_frame(claims: list[Claim], models: list[str] | None = None):

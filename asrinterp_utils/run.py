@@ -552,12 +552,21 @@ class Decoded:
         text_ids: per row, the generated text tokens up to the first ``<|endoftext|>``.
         hit_limit: per row, True when it ran to ``max_new_tokens`` without ending.
         n_prompt: the prompt's length.
+        token_logprobs: with ``greedy(..., scores=True)``: per row, the log-probability of each token it wrote,
+            its text tokens then the ``<|endoftext|>`` that ended it (none where it ran to the limit), under the
+            suppression rules it was chosen under (the distribution greedy took the maximum of); a row that
+            followed another has the leader's. None otherwise.
+        first_hidden: with ``scores=True``: the decoder's final hidden state (``dec.final``) at position 0,
+            ``<|startoftranscript|>``, ``(rows, d_model)``, where Whisper reads its no-speech probability. None
+            otherwise.
     """
 
     ids: torch.Tensor
     text_ids: list[list[int]]
     hit_limit: list[bool]
     n_prompt: int
+    token_logprobs: list[list[float]] | None = None
+    first_hidden: torch.Tensor | None = None
 
     def texts(self, tokenizer: Any) -> list[str]:
         """The transcripts, special tokens removed and stripped; with no tokenizer (a toy model), each row's token
@@ -668,7 +677,7 @@ def _remap(plan: dict[str, list[Intervention]], position: torch.Tensor, n_rows: 
 def greedy(model: Any, states: torch.Tensor, *, max_new_tokens: int = 128,
            kv_rows: Sequence[int] | torch.Tensor | None = None, follow: Sequence[int] | torch.Tensor | None = None,
            patches: Mapping[str, Any] | None = None, suppress_timestamps: bool = True,
-           compact: bool = True) -> Decoded:
+           compact: bool = True, scores: bool = False) -> Decoded:
     """Greedy decoding with one KV-cached loop, the same tokens whatever the batch size.
 
     Args:
@@ -685,6 +694,9 @@ def greedy(model: Any, states: torch.Tensor, *, max_new_tokens: int = 128,
         suppress_timestamps: forbid the timestamp tokens (default True).
         compact: let ended rows leave the batch (default). Kept off automatically when a hook of this package is
             attached outside this call (a cache stitches steps by row) or a patch cannot be renumbered.
+        scores: also return each written token's log-probability and the final hidden state at position 0
+            (:attr:`Decoded.token_logprobs`, :attr:`Decoded.first_hidden`), from the same steps, at the cost of one
+            log-sum-exp over the vocabulary per row and step.
 
     Returns:
         :class:`Decoded`.
@@ -738,6 +750,8 @@ def greedy(model: Any, states: torch.Tensor, *, max_new_tokens: int = 128,
     n_kv = len(states)
     n_steps = 0
     stack = contextlib.ExitStack()
+    logprob = torch.full((n_rows, max_new_tokens), float("nan")) if scores else None
+    first_hidden = None
 
     def attach():
         stack.close()
@@ -750,11 +764,18 @@ def greedy(model: Any, states: torch.Tensor, *, max_new_tokens: int = 128,
         for step in range(max_new_tokens):
             hidden = core.decoder(input_ids=step_input, encoder_hidden_states=states, cache=cache,
                                   use_cache=True).last_hidden_state
+            if scores and step == 0:  # every row is live at step 0
+                first_hidden = hidden[phys_of.to(device), 0].detach().cpu()
             lead_rows = torch.nonzero(is_leader & ~ended).squeeze(1)  # only leaders still writing get logits
             logits = _unembed(proj_out, hidden[phys_of[lead_rows].to(device), -1]).float()
             logits.index_fill_(1, suppress_first if step == 0 else suppress_always, float("-inf"))
             chosen = torch.full((n_rows,), end_of_text, dtype=torch.long)
             chosen[lead_rows] = logits.argmax(-1).cpu()
+            if scores:
+                picked = logits.gather(1, chosen[lead_rows, None].to(device))[:, 0]
+                logprob[lead_rows, step] = (picked - torch.logsumexp(logits, -1)).cpu()
+                live = torch.nonzero(~ended).squeeze(1)
+                logprob[live, step] = logprob[leader[live], step]
             next_ids = torch.where(ended, end_of_text, chosen[leader])
             out[:, step] = next_ids
             n_steps = step + 1
@@ -791,7 +812,12 @@ def greedy(model: Any, states: torch.Tensor, *, max_new_tokens: int = 128,
     ids = torch.cat([torch.tensor([prompt] * n_rows), out[:, :n_steps]], dim=1)
     text_ids = [row[:row.index(end_of_text)] if end_of_text in row else row for row in out[:, :n_steps].tolist()]
     hit_limit = [len(row) == n_steps == max_new_tokens for row in text_ids]
-    return Decoded(ids=ids, text_ids=text_ids, hit_limit=hit_limit, n_prompt=len(prompt))
+    token_logprobs = None
+    if scores:
+        token_logprobs = [logprob[r, :len(row) + (not hit)].tolist()
+                          for r, (row, hit) in enumerate(zip(text_ids, hit_limit))]
+    return Decoded(ids=ids, text_ids=text_ids, hit_limit=hit_limit, n_prompt=len(prompt),
+                   token_logprobs=token_logprobs, first_hidden=first_hidden)
 
 
 def _unembed(proj_out: torch.nn.Linear, hidden: torch.Tensor) -> torch.Tensor:

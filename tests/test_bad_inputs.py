@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 import torch
 
-from asrinterp_utils import (audio, extract, hooks, lens, metrics, patching, plotting, probes, repetition, run, sae,
+from asrinterp_utils import (audio, extract, hooks, lens, metrics, patching, plotting, probes, repair, repetition, run,
+                             sae,
                              stats)
 from asrinterp_utils.audio import AudioError
 from asrinterp_utils.cache import CachePassError, cache_activations
@@ -358,6 +359,17 @@ CASES = [
     ("sae: no SAE in the folder", lambda: sae.load(TMP / "no-sae"), FileNotFoundError, "cfg.json"),
     ("sae: a batch of no clips", lambda: sae.collect_activations(LM, CLIPS, "enc.0.resid_post", batch_size=0),
      ValueError, "batch_size must be"),
+    ("repair: the no-speech rule with lists of different lengths", lambda: repair.silence_rule([0.9, 0.1], [-2.0]),
+     ValueError, "2 no-speech probabilities but 1"),
+    ("repair: a sweep of an encoder point over one encoder output", lambda: repair.rule_sweep(
+        LM, torch.zeros(1, 150, 16), [patching.PatchTarget("x", {"enc.0.resid_post": hooks.zero()})], token=5),
+     ValueError, "enc.0.resid_post, an encoder point"),
+    ("repair: steering with two operations", lambda: repair.steer_direction(torch.ones(4), add=1.0, clamp=0.0),
+     ValueError, "exactly one of"),
+    ("repair: speech cost with fewer references than outputs", lambda: repair.speech_cost(
+        pd.DataFrame({"output": ["a", "b"], "silent": [False, False]}), ["a"]), ValueError, "2 outputs but 1"),
+    ("repair: a no-speech token from a model without a tokenizer", lambda: repair.no_speech_token(LM), ValueError,
+     "pass the token id"),
     ("plotting: a pattern with more rows than token labels", lambda: plotting.cross_attention_heatmap(
         np.ones((4, 30)), ["a", "b"], 20), ValueError, "one row per token label"),
     ("plotting: more real frames than the pattern has", lambda: plotting.cross_attention_heatmap(

@@ -207,7 +207,11 @@ def test_the_best_head_is_judged_against_a_typical_head_when_saved(results):
 def test_beyond_the_paper_sets_reported_numbers_beside_ours(results):
     table = reports.beyond_the_paper(results)
     assert list(table.columns[:3]) == ["finding", "source", "reported"] and "tiny.en" in table.columns
-    assert table.chapter.eq("chapters/10_sparse_features").all()
+    assert set(table.chapter) == {"chapters/10_sparse_features", "chapters/11_repairing_hallucinations"}
+    heads = table[table.finding.str.startswith("masking a few decoder")].iloc[0]
+    assert "75 %" in heads.reported and "self_head_out" in heads["tiny.en"] and "held-out clips" in heads["tiny.en"]
+    saved = results["repairing_hallucinations"]["tiny.en"]["held_out"]
+    assert f"{saved['none']['wer']:.3f} -> {saved['steer']['wer']:.3f}" in table.iloc[-1]["tiny.en"]
     steering = table[table.finding.str.contains("speech versus non-speech")].iloc[0]
     assert "70 %" in steering.reported and "AUROC" in steering["tiny.en"] and "not steered" in steering["tiny.en"]
     changed = copy.deepcopy(results)
