@@ -16,7 +16,9 @@ probability of ``<|nocaptions|>`` (``<|nospeech|>`` in later vocabularies) after
 position 0 over the whole vocabulary, is above ``no_speech_threshold`` (0.6), and the **average log-probability**
 of the decoded tokens (end-of-text included, over the tokens greedy decoding may choose, divided by the number of
 text tokens plus one) is at most ``logprob_threshold`` (-1.0). :func:`transcribe_with_silence` applies that rule;
-a hallucination on non-speech input is then text that survives it.
+a hallucination on non-speech input is then text that survives it. (The log-probabilities are over the tokens
+this package's greedy decoding may choose; it also forbids the timestamp tokens, which openai-whisper leaves to
+the ``<|notimestamps|>`` prompt, so an average can differ from openai-whisper's by about 0.01.)
 
 **Interventions** are the package's hook-point patches (:func:`asrinterp_utils.hooks.patch` grammar), given to
 every call here as ``patches`` and applied to the greedy run, whose steps also give the scores the rule reads:
@@ -40,7 +42,8 @@ from .repetition import is_hallucinated_loop
 
 __all__ = ["NO_SPEECH_THRESHOLD", "LOGPROB_THRESHOLD", "Direction", "decoder_states", "loop_outputs",
            "mean_difference", "no_speech_logodds", "no_speech_token", "prompt_ids", "rule_sweep",
-           "said_something", "silence_rule", "speech_cost", "steer_direction", "transcribe_with_silence"]
+           "said_something", "silence_rule", "SpeechCost", "speech_cost", "steer_direction",
+           "transcribe_with_silence"]
 
 NO_SPEECH_THRESHOLD = 0.6
 """openai-whisper's ``transcribe`` default: text is dropped only where the no-speech probability is above this..."""
@@ -91,10 +94,20 @@ def no_speech_logodds(lm: Any, *, token: int | None = None):
     return metric
 
 
+def _check_thresholds(no_speech_threshold: float, logprob_threshold: float, caller: str) -> None:
+    if not 0.0 <= float(no_speech_threshold) <= 1.0:
+        raise ValueError(f"{caller}: no_speech_threshold is a probability, between 0 and 1 (openai-whisper's "
+                         f"default {NO_SPEECH_THRESHOLD}); got {no_speech_threshold}")
+    if float(logprob_threshold) > 0.0:
+        raise ValueError(f"{caller}: logprob_threshold is an average log-probability, at most 0 (openai-whisper's "
+                         f"default {LOGPROB_THRESHOLD}); got {logprob_threshold}")
+
+
 def silence_rule(no_speech_prob: Any, avg_logprob: Any, *, no_speech_threshold: float = NO_SPEECH_THRESHOLD,
                  logprob_threshold: float = LOGPROB_THRESHOLD) -> np.ndarray:
     """openai-whisper's decision, ``(n,)`` booleans: True where the text is dropped (``no_speech_prob >
     no_speech_threshold`` and not ``avg_logprob > logprob_threshold``)."""
+    _check_thresholds(no_speech_threshold, logprob_threshold, "silence_rule")
     p = np.asarray(no_speech_prob, dtype=np.float64)
     lp = np.asarray(avg_logprob, dtype=np.float64)
     if p.shape != lp.shape:
@@ -127,6 +140,7 @@ def transcribe_with_silence(lm: Any, clips: Sequence[np.ndarray] | None = None, 
     if (clips is None) == (states is None):
         raise ValueError("transcribe_with_silence: give clips (arrays at 16 kHz) or states (their encoder output), "
                          "not both and not neither")
+    _check_thresholds(no_speech_threshold, logprob_threshold, "transcribe_with_silence")
     token = no_speech_token(lm) if token is None else int(token)
     sides = {name: parse_hook_point(lm, name).side for name in (patches or {})}
     encoder_patches = {k: v for k, v in (patches or {}).items() if sides[k] == "enc"}
@@ -184,8 +198,13 @@ def rule_sweep(lm: Any, states: torch.Tensor, targets: Sequence[Any], *, max_new
     ``(clips, frames, d_model)``. Targets run stacked, as many per batch as fit in ``max_rows`` decoder rows
     (each target's interventions restricted to its own rows), all reading one projection of ``states``; the
     tables are those each target gives alone (a test asserts it)."""
+    _check_thresholds(no_speech_threshold, logprob_threshold, "rule_sweep")
     token = no_speech_token(lm) if token is None else int(token)
     n = len(states)
+    labels = [t.label for t in targets]
+    if len(set(labels)) != len(labels):
+        twice = sorted({label for label in labels if labels.count(label) > 1})
+        raise ValueError(f"rule_sweep: the targets' labels name the results, so each must be unique; {twice} repeat")
     for target in targets:
         for name, ivs in target.interventions.items():
             if parse_hook_point(lm, name).side != "dec":

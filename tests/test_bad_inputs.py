@@ -361,9 +361,15 @@ CASES = [
      ValueError, "batch_size must be"),
     ("repair: the no-speech rule with lists of different lengths", lambda: repair.silence_rule([0.9, 0.1], [-2.0]),
      ValueError, "2 no-speech probabilities but 1"),
+    ("repair: a no-speech threshold given in percent", lambda: repair.silence_rule([0.9], [-2.0],
+                                                                                  no_speech_threshold=60),
+     ValueError, "between 0 and 1"),
     ("repair: a sweep of an encoder point over one encoder output", lambda: repair.rule_sweep(
         LM, torch.zeros(1, 150, 16), [patching.PatchTarget("x", {"enc.0.resid_post": hooks.zero()})], token=5),
      ValueError, "enc.0.resid_post, an encoder point"),
+    ("repair: a sweep whose targets share a label", lambda: repair.rule_sweep(
+        LM, torch.zeros(1, 150, 16), [patching.PatchTarget("x", {"dec.0.resid_post": hooks.zero()})] * 2, token=5),
+     ValueError, r"\['x'\] repeat"),
     ("repair: steering with two operations", lambda: repair.steer_direction(torch.ones(4), add=1.0, clamp=0.0),
      ValueError, "exactly one of"),
     ("repair: speech cost with fewer references than outputs", lambda: repair.speech_cost(
