@@ -431,12 +431,14 @@ def component_targets(model: Any, names: Sequence[str] | str, source: Any = None
 # Sweeps
 # ---------------------------------------------------------------------------------------------------------------
 
-def _batched_interventions(chunk: Sequence[PatchTarget], batch: int) -> dict[str, list[Intervention]]:
-    """The interventions of K targets, each restricted to its own rows of a K * batch stack."""
+def stacked_interventions(chunk: Sequence[PatchTarget], batch: int) -> dict[str, list[Intervention]]:
+    """The interventions of K targets (a point may hold one or a list, as :func:`combine` makes them), each
+    restricted to its own rows of a K * batch stack: target ``k`` to rows ``k * batch`` to ``(k + 1) * batch - 1``.
+    A target that sets rows itself is refused."""
     grouped: dict[str, list[Intervention]] = {}
     for k, target in enumerate(chunk):
         rows = list(range(k * batch, (k + 1) * batch))
-        for name, iv in target.interventions.items():
+        for name, iv in _interventions(target):
             if iv.rows is not None:
                 raise ValueError(f"{target.label}: rows are set by the sweep; leave Intervention.rows as None")
             grouped.setdefault(name, []).append(Intervention(iv.mode, iv.value, iv.heads, iv.positions, rows))
@@ -510,7 +512,7 @@ def run_sweep(model: Any, input_features: Any, decoder_input_ids: torch.Tensor,
     for c, chunk in enumerate(_progress(chunks, progress, "batched sweep")):
         k = len(chunk)
         stacked_ids = ids.repeat(k, 1)  # row k * batch + b: target k, clip b
-        plan = _batched_interventions(chunk, batch)
+        plan = stacked_interventions(chunk, batch)
         if decoder_only:  # the k copies read one projection of the encoder output
             logits = run.teacher_force(model, encoder_out, stacked_ids, kv_rows=torch.arange(k * batch) % batch,
                                        patches=plan)
@@ -566,7 +568,7 @@ def _encoder_sweep(model: Any, feats: torch.Tensor, ids: torch.Tensor, targets: 
         k, start = len(chunk), first[chunk[0]]
         name = f"enc.{start}.resid_pre" if start <= last else f"enc.{last}.resid_post"  # enc.final: LN input
         hidden = prefix[name].to(feats.device, feats.dtype).repeat(k, 1, 1)
-        with run.attention_mode(model, "enc"), patch(model, _batched_interventions([targets[i] for i in chunk], batch)):
+        with run.attention_mode(model, "enc"), patch(model, stacked_interventions([targets[i] for i in chunk], batch)):
             for layer in encoder.layers[start:]:
                 hidden = layer(hidden, None)
             hidden = encoder.layer_norm(hidden)

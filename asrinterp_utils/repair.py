@@ -37,7 +37,8 @@ import torch
 from . import run, stats, store
 from .cache import cache_activations
 from .hooks import Intervention, add as add_intervention, apply, hf_model, parse_hook_point
-from .metrics import normalize_text, word_error_rate
+from .patching import stacked_interventions
+from .metrics import clip_wers, normalize_text, word_error_rate
 from .repetition import is_hallucinated_loop
 
 __all__ = ["NO_SPEECH_THRESHOLD", "LOGPROB_THRESHOLD", "Direction", "decoder_states", "loop_outputs",
@@ -206,24 +207,16 @@ def rule_sweep(lm: Any, states: torch.Tensor, targets: Sequence[Any], *, max_new
         twice = sorted({label for label in labels if labels.count(label) > 1})
         raise ValueError(f"rule_sweep: the targets' labels name the results, so each must be unique; {twice} repeat")
     for target in targets:
-        for name, ivs in target.interventions.items():
+        for name in target.interventions:
             if parse_hook_point(lm, name).side != "dec":
                 raise ValueError(f"rule_sweep: {target.label} patches {name}, an encoder point; the sweep reuses one "
                                  "encoder output: patch the encoder with transcribe_with_silence(lm, clips, "
                                  "patches=...)")
-            if any(iv.rows is not None for iv in (ivs if isinstance(ivs, (list, tuple)) else [ivs])):
-                raise ValueError(f"rule_sweep: {target.label} sets rows on {name}; the sweep assigns rows itself: "
-                                 "leave them None")
     per_batch = max(1, int(max_rows) // max(1, n))
+    chunks = [list(targets[start:start + per_batch]) for start in range(0, len(targets), per_batch)]
+    plans = [stacked_interventions(chunk, n) for chunk in chunks]  # every target checked before any decoding
     out: dict[str, pd.DataFrame] = {}
-    for start in range(0, len(targets), per_batch):
-        chunk = list(targets[start:start + per_batch])
-        plan: dict[str, list[Intervention]] = {}
-        for k, target in enumerate(chunk):
-            rows = list(range(k * n, (k + 1) * n))
-            for name, ivs in target.interventions.items():
-                for iv in (ivs if isinstance(ivs, (list, tuple)) else [ivs]):
-                    plan.setdefault(name, []).append(Intervention(iv.mode, iv.value, iv.heads, iv.positions, rows))
+    for chunk, plan in zip(chunks, plans):
         kv_rows = torch.arange(len(chunk) * n) % n
         scored = _decode_and_score(lm, states, kv_rows, plan, max_new_tokens, token)
         for k, target in enumerate(chunk):
@@ -267,7 +260,7 @@ def speech_cost(outcome: pd.DataFrame, references: Sequence[str]) -> SpeechCost:
     if len(references) != len(outcome):
         raise ValueError(f"speech_cost: {len(outcome)} outputs but {len(references)} reference texts")
     outputs = list(outcome["output"])
-    clip = np.array([word_error_rate(ref, hyp) for ref, hyp in zip(references, outputs)])
+    clip = np.array(clip_wers(references, outputs))
     return SpeechCost(word_error_rate(references, outputs), clip,
                       stats.proportion(int(np.asarray(outcome["silent"]).sum()), len(outcome)))
 

@@ -103,8 +103,10 @@ def test_transcribe_with_silence_scores_the_greedy_tokens(lm, states):
 
 
 def test_rule_sweep_equals_each_target_alone(lm, states):
-    targets = patching.head_targets(lm, "self_head_out") + [
-        patching.PatchTarget("steer", {"dec.1.resid_post": repair.steer_direction(torch.ones(16), add=3.0)})]
+    heads = patching.head_targets(lm, "self_head_out")
+    targets = heads + [
+        patching.PatchTarget("steer", {"dec.1.resid_post": repair.steer_direction(torch.ones(16), add=3.0)}),
+        patching.combine(heads[0], heads[-1], label="two heads")]  # a point holding a list of interventions
     swept = repair.rule_sweep(lm, states, targets, max_new_tokens=MAX_NEW, max_rows=12, token=TOKEN)
     assert list(swept) == [t.label for t in targets]
     for target in targets:
@@ -125,7 +127,7 @@ def test_rule_sweep_refuses_encoder_points_and_rows(lm, states):
     with pytest.raises(ValueError, match="encoder point"):
         repair.rule_sweep(lm, states, [enc], token=TOKEN)
     rowed = patching.PatchTarget("rows", {"dec.0.resid_post": hooks.zero(rows=[0])})
-    with pytest.raises(ValueError, match="assigns rows"):
+    with pytest.raises(ValueError, match="rows are set by the sweep"):
         repair.rule_sweep(lm, states, [rowed], token=TOKEN)
     with pytest.raises(ValueError, match="give clips"):
         repair.transcribe_with_silence(lm, token=TOKEN)
