@@ -412,6 +412,19 @@ def beyond_the_paper(results: dict[str, dict]):
                 f"({'fires less in the label; ' if lower else ''}chosen among {sparse[model]['d_sae']} on other "
                 f"speakers and sources, measured on {int(r['groups'])} held-out speakers and sources)")
 
+    def carried(model: str) -> str:
+        """How many values of each per-value table have a held-out interval on the side of 0.5 they were chosen on."""
+        parts = []
+        for key, what in (("accents", "accents"), ("noise_kinds", "kinds of noise under speech"),
+                          ("semantic_categories", "word categories")):
+            table = sparse[model].get(key) or []
+            if table:
+                held = sum(1 for r in table
+                           if (r["ci_low"] > 0.5 if r["auroc_selection"] > 0.5 else r["ci_high"] < 0.5))
+                parts.append(f"{held} of {len(table)} {what}")
+        return ("best latent per value, held-out interval clear of 0.5 on its chosen side: " + ", ".join(parts)
+                if parts else "not measured")
+
     rows = [
         {"finding": "a sparse autoencoder on a Whisper encoder layer keeps most of the activation",
          "source": "AudioSAE (arXiv 2602.05027): SAEs on every encoder layer",
@@ -428,6 +441,9 @@ def beyond_the_paper(results: dict[str, dict]):
                     "speakers themselves)",
          "source": "(this book's question; no anchor)", "reported": "-",
          **{m: best(m, "female (speech only)") for m in models}},
+        {"finding": "single SAE latents carry the bank's other labels to clips they were not chosen on",
+         "source": "(this book's question; no anchor)", "reported": "-",
+         **{m: carried(m) for m in models}},
     ]
     rows = [{**r, "chapter": RESULT_FILES["sparse_features"]} for r in rows]
     repairs = results["repairing_hallucinations"]

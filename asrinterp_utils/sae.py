@@ -47,9 +47,9 @@ from .audio import SECONDS_PER_FRAME
 from .cache import cache_activations
 from .hooks import HookPoint, Intervention, apply, parse_hook_point, whisper_core
 
-__all__ = ["Activations", "SAEFit", "SAEMetrics", "SplicedCost", "TopKSAE", "clip_means", "collect_activations",
-           "evaluate", "label_association", "latents", "load", "save", "spliced_cost", "steer", "top_activations",
-           "train_topk"]
+__all__ = ["Activations", "SAEFit", "SAEMetrics", "SplicedCost", "TopKSAE", "best_latent_per_value", "clip_means",
+           "collect_activations", "evaluate", "label_association", "latents", "load", "save", "spliced_cost", "steer",
+           "top_activations", "train_topk"]
 
 SAELENS_VERSION = "6.0.0"
 """The SAELens config version written into ``cfg.json`` (SAELens reads a file without one as a pre-6.0 config)."""
@@ -500,6 +500,32 @@ def label_association(features: np.ndarray, labels: Any, groups: Any, select: An
         "mean_in_label": x[y].mean(0), "mean_outside": x[~y].mean(0), "fires_in_label": (x[y] > 0).mean(0),
         "fires_outside": (x[~y] > 0).mean(0), "n_label": int(y.sum()), "n_outside": int((~y).sum()),
         "groups": len(members)})
+
+
+def best_latent_per_value(features: np.ndarray, values: Any, groups: Any, select: Any, *, n_resamples: int = 1000,
+                          seed: int = 0):
+    """For a label with several values (an accent, a kind of sound, a word's category), one against the rest at a
+    time: the latent that best tells that value apart on the selection split, measured on the other split
+    (:func:`label_association` with ``top=1`` for each value). ``features (n_clips, d_sae)``; ``values``,
+    ``groups``, ``select``: ``(n_clips,)``. Returns a DataFrame, one row per value in sorted order: ``value,
+    latent, direction, auroc_selection, auroc, ci_low, ci_high, n_label, n_outside, groups``."""
+    import pandas as pd
+
+    values = np.asarray(values)
+    if len(values) != len(np.asarray(features)):
+        raise ValueError(f"best_latent_per_value: one value per clip; got {len(values)} values for "
+                         f"{len(np.asarray(features))} clips")
+    distinct = sorted(set(values.tolist()))
+    if len(distinct) < 2:
+        raise ValueError(f"best_latent_per_value: the label needs at least two values; got {distinct}")
+    rows = []
+    for value in distinct:
+        best = label_association(features, values == value, groups, select, top=1, n_resamples=n_resamples,
+                                 seed=seed).iloc[0]
+        rows.append({"value": value, **{key: best[key] for key in (
+            "latent", "direction", "auroc_selection", "auroc", "ci_low", "ci_high", "n_label", "n_outside",
+            "groups")}})
+    return pd.DataFrame(rows)
 
 
 @torch.no_grad()

@@ -356,6 +356,8 @@ CASES = [
     ("sae: a label association without both classes held out", lambda: sae.label_association(
         np.ones((4, 3)), [True, False, True, True], [0, 1, 2, 3], [True, True, False, False]), ValueError,
      "evaluation split needs clips of both classes"),
+    ("sae: a per-value table of a label with one value", lambda: sae.best_latent_per_value(
+        np.ones((4, 3)), ["a"] * 4, [0, 1, 2, 3], [True, True, False, False]), ValueError, "at least two values"),
     ("sae: no SAE in the folder", lambda: sae.load(TMP / "no-sae"), FileNotFoundError, "cfg.json"),
     ("sae: a batch of no clips", lambda: sae.collect_activations(LM, CLIPS, "enc.0.resid_post", batch_size=0),
      ValueError, "batch_size must be"),

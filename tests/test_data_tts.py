@@ -334,7 +334,7 @@ def test_semantic_items():
 
 
 def test_context_bias_items():
-    assert 15 <= len(CONTEXT_BIAS_ITEMS) <= 30
+    assert 30 <= len(CONTEXT_BIAS_ITEMS) <= 40
     for item in CONTEXT_BIAS_ITEMS:
         assert set(item) == {"carrier", "expected_word", "spoken_word"}
         assert item["carrier"].count("{word}") == 1

@@ -83,7 +83,9 @@ def test_corpus_lens_equals_the_logit_lens_of_each_clip_at_its_text_positions():
             assert row.lens_token == int(alone.top_ids[row.layer, 0, row.position, 0])
             assert row.top1_agreement == bool(alone.agrees[row.layer, 0, row.position])
             assert row.kl_to_final == pytest.approx(float(alone.kl[row.layer, 0, row.position]), abs=1e-4)
-            assert row.final_token_rank == int(alone.final_rank[row.layer, 0, row.position])
+            # a rank deep in the tail can move by one where two logits tie to float rounding (the corpus lens may
+            # read encoder states the store filed from another batch); anything more is a real difference
+            assert abs(row.final_token_rank - int(alone.final_rank[row.layer, 0, row.position])) <= 1
     assert len(corpus.transcripts) == 3
 
 

@@ -183,6 +183,24 @@ def test_a_planted_label_latent_is_chosen_on_one_split_and_measured_on_the_other
         sae.label_association(features, labels, groups, labels)
 
 
+def test_each_value_of_a_label_gets_its_own_planted_latent():
+    rng = np.random.default_rng(1)
+    n_clips, d_sae = 90, 10
+    values = np.array(["a", "b", "c"])[np.arange(n_clips) % 3]
+    groups = np.arange(n_clips) // 6  # 6 clips per group, every value in each group
+    features = rng.random((n_clips, d_sae))
+    for value, latent in (("a", 2), ("b", 5), ("c", 8)):
+        features[:, latent] += 2.0 * (values == value)
+    table = sae.best_latent_per_value(features, values, groups, groups % 2 == 0, n_resamples=100)
+    assert table.value.tolist() == ["a", "b", "c"] and table.latent.tolist() == [2, 5, 8]
+    assert (table.auroc == 1.0).all() and (table.direction == "higher in label").all()
+    assert (table.n_label == 14).all() and (table.n_outside == 28).all()  # 7 held-out groups of 6
+    with pytest.raises(ValueError, match="at least two values"):
+        sae.best_latent_per_value(features, np.full(n_clips, "a"), groups, groups % 2 == 0)
+    with pytest.raises(ValueError, match="one value per clip"):
+        sae.best_latent_per_value(features, values[:10], groups, groups % 2 == 0)
+
+
 def test_clip_means_and_top_activations_follow_the_rows():
     model = exact_sae(2)  # latents relu(x), relu(-x)
     values = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0], [5.0, -1.0]])

@@ -96,7 +96,7 @@ SPECS: dict[str, BankSpec] = {
                       fast_max_voices=2),
     "semantic": BankSpec("semantic", label="category", texts="semantic", n_texts=48,
                          engines=("flite", "festival"), fast_n_texts=10, fast_max_voices=2),
-    "context_bias": BankSpec("context_bias", label="spoken_word", texts="context_bias", n_texts=20,
+    "context_bias": BankSpec("context_bias", label="spoken_word", texts="context_bias", n_texts=36,
                              engines=("flite", "festival"), fast_n_texts=4, fast_max_voices=2),
     "other_languages": BankSpec("other_languages", label="language", texts="other_languages", n_texts=6,
                                 voices=tuple(v.voice_id for v in OTHER_LANGUAGE_VOICES), engines=("espeak-ng",),

@@ -305,9 +305,25 @@ CONTEXT_BIAS_ITEMS: tuple[dict[str, str], ...] = tuple(
         ("She wiped the rain off her {word}.", "face", "vase"),
         ("They rowed the {word} across the lake.", "boat", "note"),
         ("He mailed the letter without a {word}.", "stamp", "lamp"),
+        ("She poured the cold milk into a {word}.", "glass", "grass"),
+        ("The baby drank warm milk from a {word}.", "bottle", "battle"),
+        ("She sliced the bread with a sharp {word}.", "knife", "wife"),
+        ("Every morning the farmer milked the {word}.", "cow", "bow"),
+        ("She blew out the {word} on her birthday cake.", "candle", "handle"),
+        ("The bees made sweet golden {word}.", "honey", "money"),
+        ("He wrote his name in {word} on the test.", "pencil", "stencil"),
+        ("The children swam all afternoon in the {word}.", "pool", "fool"),
+        ("The cowboy rode his {word} across the plains.", "horse", "house"),
+        ("He planted tomato seeds in the {word}.", "garden", "pardon"),
+        ("The mouse nibbled a piece of {word}.", "cheese", "keys"),
+        ("The train pulled slowly into the {word}.", "station", "nation"),
+        ("They ate lunch at twelve o'clock {word}.", "noon", "moon"),
+        ("She hung the painting on the {word}.", "wall", "ball"),
+        ("Rain fell from the dark grey {word}.", "clouds", "crowds"),
+        ("She wore a gold ring on her {word}.", "finger", "singer"),
     )
 )
-"""Twenty items ``{carrier, expected_word, spoken_word}``: ``carrier.format(word=expected_word)`` is what the context
+"""Thirty-six items ``{carrier, expected_word, spoken_word}``: ``carrier.format(word=expected_word)`` is what the context
 predicts, ``carrier.format(word=spoken_word)`` is what is said (a real word one or two sounds away)."""
 
 
