@@ -419,9 +419,7 @@ def beyond_the_paper(results: dict[str, dict]):
                           ("semantic_categories", "word categories")):
             table = sparse[model].get(key) or []
             if table:
-                held = sum(1 for r in table
-                           if (r["ci_low"] > 0.5 if r["auroc_selection"] > 0.5 else r["ci_high"] < 0.5))
-                parts.append(f"{held} of {len(table)} {what}")
+                parts.append(f"{sum(bool(r['carries']) for r in table)} of {len(table)} {what}")
         return ("best latent per value, held-out interval clear of 0.5 on its chosen side: " + ", ".join(parts)
                 if parts else "not measured")
 

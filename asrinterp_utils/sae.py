@@ -508,7 +508,8 @@ def best_latent_per_value(features: np.ndarray, values: Any, groups: Any, select
     time: the latent that best tells that value apart on the selection split, measured on the other split
     (:func:`label_association` with ``top=1`` for each value). ``features (n_clips, d_sae)``; ``values``,
     ``groups``, ``select``: ``(n_clips,)``. Returns a DataFrame, one row per value in sorted order: ``value,
-    latent, direction, auroc_selection, auroc, ci_low, ci_high, n_label, n_outside, groups``."""
+    latent, direction, auroc_selection, auroc, ci_low, ci_high, n_label, n_outside, groups`` and ``carries``:
+    whether the held-out interval lies wholly on the side of 0.5 the latent was chosen on."""
     import pandas as pd
 
     values = np.asarray(values)
@@ -525,7 +526,9 @@ def best_latent_per_value(features: np.ndarray, values: Any, groups: Any, select
         rows.append({"value": value, **{key: best[key] for key in (
             "latent", "direction", "auroc_selection", "auroc", "ci_low", "ci_high", "n_label", "n_outside",
             "groups")}})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    chosen_higher = table.auroc_selection > 0.5
+    return table.assign(carries=(chosen_higher & (table.ci_low > 0.5)) | (~chosen_higher & (table.ci_high < 0.5)))
 
 
 @torch.no_grad()

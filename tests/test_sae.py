@@ -193,7 +193,7 @@ def test_each_value_of_a_label_gets_its_own_planted_latent():
         features[:, latent] += 2.0 * (values == value)
     table = sae.best_latent_per_value(features, values, groups, groups % 2 == 0, n_resamples=100)
     assert table.value.tolist() == ["a", "b", "c"] and table.latent.tolist() == [2, 5, 8]
-    assert (table.auroc == 1.0).all() and (table.direction == "higher in label").all()
+    assert (table.auroc == 1.0).all() and (table.direction == "higher in label").all() and table.carries.all()
     assert (table.n_label == 14).all() and (table.n_outside == 28).all()  # 7 held-out groups of 6
     with pytest.raises(ValueError, match="at least two values"):
         sae.best_latent_per_value(features, np.full(n_clips, "a"), groups, groups % 2 == 0)
