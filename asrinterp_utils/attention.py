@@ -22,6 +22,8 @@ def alignment_score(pattern: np.ndarray) -> float:
     sweeps backwards. NaN for fewer than 3 tokens.
     """
     pattern = np.asarray(pattern)
+    if pattern.ndim != 2:
+        raise ValueError(f"alignment_score: pattern must be one head's (tokens, frames); got shape {pattern.shape}")
     if pattern.shape[0] < 3:
         return float("nan")
     peaks = pattern.argmax(axis=-1)
@@ -44,9 +46,24 @@ def alignment_table(patterns: Sequence, n_tokens: Sequence[int], n_frames: Seque
 
     Returns a DataFrame with columns ``layer, head, alignment``.
     """
+    patterns = [np.asarray(pat) for pat in patterns]
+    n_tokens, n_frames = np.asarray(n_tokens).ravel(), np.asarray(n_frames).ravel()
+    for layer, pat in enumerate(patterns):
+        if pat.ndim != 4:
+            raise ValueError(f"alignment_table: patterns[{layer}] must be (batch, heads, tokens, frames); got shape "
+                             f"{pat.shape}")
+        batch, _, tokens, frames = pat.shape
+        if len(n_tokens) != batch or len(n_frames) != batch:
+            raise ValueError(f"alignment_table: patterns[{layer}] holds {batch} clips but n_tokens has "
+                             f"{len(n_tokens)} entries and n_frames {len(n_frames)}: one of each per clip")
+        if n_frames.min() < 1 or n_frames.max() > frames:
+            raise ValueError(f"alignment_table: n_frames must be 1..{frames} (the frames of patterns[{layer}]); got "
+                             f"{n_frames.min()}..{n_frames.max()}")
+        if n_tokens.max() > tokens or n_tokens.min() < start:
+            raise ValueError(f"alignment_table: n_tokens must be {start}..{tokens} (from start to the tokens of "
+                             f"patterns[{layer}]); got {n_tokens.min()}..{n_tokens.max()}")
     rows = []
     for layer, pat in enumerate(patterns):
-        pat = np.asarray(pat)
         for head in range(pat.shape[1]):
             scores = [alignment_score(pat[b, head, start:int(n_tokens[b]), :int(n_frames[b])])
                       for b in range(pat.shape[0])]

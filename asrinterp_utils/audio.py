@@ -164,6 +164,9 @@ def load_audio(path: Union[str, Path], *, allow_long: bool = False) -> np.ndarra
     infinite samples, and audio over 30 s unless ``allow_long`` (then split it with :func:`chunk_audio`).
     """
     path = Path(path)
+    if path.is_dir():
+        raise AudioError(f"{path}: a folder, not an audio file; give one file (a speech-bank table lists them in its "
+                         "'path' column)")
     if not path.is_file():
         raise AudioError(f"{path}: no such file.")
     import soundfile as sf

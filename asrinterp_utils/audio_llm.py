@@ -62,6 +62,7 @@ import torch
 from torch import nn
 
 from .lens import LogitLensResult, lens_statistics
+from .runtime import check_whole
 
 
 def is_audio_llm(model: Any) -> bool:
@@ -84,6 +85,11 @@ def _model_inputs(model: Any, input_ids: torch.Tensor, input_features: torch.Ten
     ``(batch, mel bins, 3000)``, ``attention_mask`` ``(batch, tokens)`` (default: none), ``feature_attention_mask``
     ``(batch, 3000)`` (default: every frame is real, i.e. 750 audio tokens per clip)."""
     tower = model.model.audio_tower
+    input_ids, input_features = torch.as_tensor(input_ids), torch.as_tensor(input_features)
+    attention_mask, feature_attention_mask = (None if m is None else torch.as_tensor(m)
+                                              for m in (attention_mask, feature_attention_mask))
+    if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+        raise ValueError(f"input_ids must hold token ids (integers); got dtype {input_ids.dtype}")
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must be (batch, tokens), got shape {tuple(input_ids.shape)}")
     if input_features.ndim != 3 or input_features.shape[0] != input_ids.shape[0]:
@@ -96,6 +102,22 @@ def _model_inputs(model: Any, input_ids: torch.Tensor, input_features: torch.Ten
                          f"feature_attention_mask; got shape {tuple(input_features.shape)}")
     if feature_attention_mask is None:
         feature_attention_mask = torch.ones(input_features.shape[0], frames, dtype=torch.long)
+    for name, mask, shape, each in (
+            ("attention_mask", attention_mask, tuple(input_ids.shape), "token of input_ids"),
+            ("feature_attention_mask", feature_attention_mask, (input_ids.shape[0], frames), "mel frame")):
+        if mask is not None and tuple(mask.shape) != shape:
+            raise ValueError(f"{name} must be {shape}, one flag per {each}; got shape {tuple(mask.shape)}")
+    # the tower's second convolution and its average pooler each halve the real mel frames
+    expected = ((feature_attention_mask.sum(-1) - 1) // 2 + 1 - 2) // 2 + 1                      # (batch,)
+    found = (input_ids == model.config.audio_token_id).sum(-1)                                   # (batch,)
+    wrong = torch.nonzero(found.cpu() != expected.cpu()).flatten().tolist()
+    if wrong:
+        b = wrong[0]
+        raise ValueError(
+            f"audio tokens and audio frames do not match: row {b} of input_ids has {int(found[b])} <|AUDIO|> tokens, "
+            f"but feature_attention_mask marks {int(feature_attention_mask[b].sum())} real mel frames, which the "
+            f"audio tower turns into {int(expected[b])} (rows {wrong} differ). Expand <|AUDIO|> once per audio frame "
+            f"as Qwen2AudioProcessor does, or pass the feature_attention_mask the processor returned")
     device = model.device
     inputs = {"input_ids": input_ids.to(device),
               "input_features": input_features.to(device, tower.conv1.weight.dtype),
@@ -126,6 +148,9 @@ def audio_llm_logit_lens(model: Any, input_ids: torch.Tensor, input_features: to
     expanded). Use ``per_layer(mask=...)`` to restrict to text or audio positions and to drop padding.
     """
     _require_audio_llm(model)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= model.config.text_config.vocab_size:
+        raise ValueError(f"top_k must be a whole number from 1 to the vocabulary size "
+                         f"({model.config.text_config.vocab_size}); got {top_k!r}")
     inputs = _model_inputs(model, input_ids, input_features, attention_mask, feature_attention_mask)
     language_model = model.model.language_model
     blocks = language_model.layers
@@ -198,6 +223,7 @@ def audio_llm_encoder_lens(model: Any, input_ids: torch.Tensor, input_features: 
     bad = [layer for layer in layers if not 0 <= layer < n]
     if bad:
         raise ValueError(f"audio-tower layers must be in 0..{n - 1} (the tower has {n} layers); got {bad}")
+    max_new_tokens = check_whole(max_new_tokens, "max_new_tokens", 1)
     inputs = _model_inputs(model, input_ids, input_features, attention_mask, feature_attention_mask)
     out = []
     for layer in layers:

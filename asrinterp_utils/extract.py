@@ -79,7 +79,7 @@ from .cache import cache_activations
 from .hooks import hf_model, resolve_hook_points
 from .audio import SECONDS_PER_FRAME
 from .models import attention_backend, weights_fingerprint
-from .runtime import atomic_path, write_text_atomic
+from .runtime import atomic_path, check_whole, write_text_atomic
 
 __all__ = ["ConfigMismatchError", "FeatureStore", "LazyClips", "Shard", "TableFeatures", "extract_features",
            "merge_manifests", "plan_shards", "pool_batch", "run_with_accelerate", "accelerate_state", "table_features",
@@ -298,6 +298,36 @@ def _write_shard(out_dir: Path, shard: Shard, features: np.ndarray, n_positions:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _check_pooling(side: Any, pool: Any) -> tuple[str, ...]:
+    """``pool`` as a tuple of pool names, after checking it against ``side``."""
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+    pools = _pools(pool)
+    if not pools or any(p not in POOLS for p in pools) or len(set(pools)) != len(pools):
+        raise ValueError(f"pool must be one of {POOLS}, or (decoder side) a tuple of distinct ones, got {pool!r}")
+    if "last" in pools and side == "encoder":
+        raise ValueError('pool="last" takes the final generated token: it needs side="decoder".')
+    if not isinstance(pool, str) and side == "encoder":
+        raise ValueError("several pools at once are for the decoder side (its activations per batch are small); on "
+                         "the encoder side, extract each pool into its own folder.")
+    return pools
+
+
+def _check_spans(spans: Any, n: int, side: str) -> list[tuple[float, float]] | None:
+    """One ``(start_s, end_s)`` per clip, as floats (None stays None)."""
+    if spans is None:
+        return None
+    if side != "encoder":
+        raise ValueError("spans select encoder frames: they need side='encoder'.")
+    try:
+        spans = [(float(a), float(b)) for a, b in spans]
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"spans must be one (start_s, end_s) pair of seconds per clip; {e}") from None
+    if len(spans) != n:
+        raise ValueError(f"spans has {len(spans)} entries for {n} clips: give one (start_s, end_s) per clip.")
+    return spans
+
+
 def _check_points(lm: Any, names: Any, side: str) -> list[str]:
     """Resolve ``names`` to hook-point names and check they belong to ``side`` and can be pooled."""
     points = resolve_hook_points(lm, names)
@@ -340,8 +370,16 @@ def pool_batch(lm: Any, audio: Sequence[np.ndarray], names: Sequence[str], *, si
         ``features (batch, n_points, d)`` float32 on the CPU, points in the order of ``names``, and
         ``n_positions (batch,)``: the frames (encoder) or generated tokens (decoder) that were pooled.
     """
+    _check_pooling(side, pool)
+    check_whole(max_new_tokens, "max_new_tokens", 1)
+    if len(audio) == 0:
+        raise ValueError("pool_batch: audio holds no clips")
+    names = [names] if isinstance(names, str) else list(names)
+    if sorted(_check_points(lm, names, side)) != sorted(names):
+        raise ValueError(f"pool_batch: names must be exact hook-point names (no wildcards), one per feature; got "
+                         f"{names}")
     features, n_positions, _ = _pool_batch(lm, audio, names, side=side, pool=pool, max_new_tokens=max_new_tokens,
-                                           spans=spans)
+                                           spans=_check_spans(spans, len(audio), side))
     return features, n_positions
 
 
@@ -482,30 +520,17 @@ def extract_features(lm: Any, clips: Any, names: Any, *, out_dir: PathLike, pool
         several, None: call :func:`merge_manifests` once every process has finished (see
         :func:`run_with_accelerate`).
     """
-    if side not in SIDES:
-        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
-    pools = _pools(pool)
-    if not pools or any(p not in POOLS for p in pools) or len(set(pools)) != len(pools):
-        raise ValueError(f"pool must be one of {POOLS}, or (decoder side) a tuple of distinct ones, got {pool!r}")
-    if "last" in pools and side == "encoder":
-        raise ValueError('pool="last" takes the final generated token: it needs side="decoder".')
-    if not isinstance(pool, str) and side == "encoder":
-        raise ValueError("several pools at once are for the decoder side (its activations per batch are small); on "
-                         "the encoder side, extract each pool into its own folder.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if not 0 <= process_index < num_processes:
-        raise ValueError(f"process_index must be in 0..{num_processes - 1}, got {process_index}")
+    pools = _check_pooling(side, pool)
+    for name, value in (("batch_size", batch_size), ("shard_size", shard_size), ("max_new_tokens", max_new_tokens),
+                        ("num_processes", num_processes)):
+        check_whole(value, name, 1)
+    if isinstance(process_index, bool) or not isinstance(process_index, int) or not 0 <= process_index < num_processes:
+        raise ValueError(f"process_index must be in 0..{num_processes - 1}, got {process_index!r}")
     points = _check_points(lm, names, side)
     n, get_clip = _clip_getter(clips, n_clips)
     if n == 0:
         raise ValueError("clips is empty.")
-    if spans is not None:
-        if side != "encoder":
-            raise ValueError("spans select encoder frames: they need side='encoder'.")
-        spans = [(float(a), float(b)) for a, b in spans]
-        if len(spans) != n:
-            raise ValueError(f"spans has {len(spans)} entries for {n} clips: give one (start_s, end_s) per clip.")
+    spans = _check_spans(spans, n, side)
 
     config = {"format": FORMAT, "side": side, "pool": pool if isinstance(pool, str) else list(pools),
               "names": points, "shard_size": int(shard_size), **({"spans": spans} if spans is not None else {}),
@@ -719,7 +744,7 @@ def table_features(lm: Any, table: Any, names: Any, *, side: str = "encoder",
     rows = np.array([row_of[p] for p in paths])
     transcripts = None
     if side == "decoder":
-        texts = [lm.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in store.token_ids()]
+        texts = [run.text_of(lm.tokenizer, ids) for ids in store.token_ids()]
         transcripts = [texts[i] for i in rows]
     return TableFeatures(features=store.load()[rows], n_positions=store.n_positions()[rows], names=tuple(points),
                          pools=_pools(pool), transcripts=transcripts, store=store)
@@ -736,6 +761,7 @@ def log_mel_features(lm: Any, clips: Any, *, batch_size: int = 32) -> np.ndarray
         from .data import clip_audio
 
         clips = LazyClips([str(p) for p in clips["path"]], clip_audio)
+    check_whole(batch_size, "batch_size", 1)
     n, get_clip = _clip_getter(clips, None)
     out = np.empty((n, 1, 2 * lm.dims.n_mels), dtype=np.float32)
     for start in range(0, n, batch_size):

@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import math
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -286,36 +287,69 @@ class Intervention:
             raise ValueError(f"unknown intervention mode {self.mode!r}")
 
 
+def _selects_nothing(sel: Any) -> bool:
+    """Whether a heads/positions/rows selector is empty (None and single indices select something)."""
+    if sel is None or isinstance(sel, (int, np.integer)):
+        return False
+    if isinstance(sel, slice):
+        return (sel.start is not None and sel.stop is not None and 0 <= sel.stop <= sel.start
+                and (sel.step or 1) > 0)
+    if isinstance(sel, torch.Tensor):
+        return sel.numel() == 0 or (sel.dtype == torch.bool and not bool(sel.any()))
+    return len(sel) == 0
+
+
+def _is_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return bool(torch.isfinite(value).all())
+    return True
+
+
+def _checked(iv: Intervention) -> Intervention:
+    """What the constructors below refuse: a selector that selects nothing (the intervention would silently change
+    nothing) and a value holding NaN or infinity (it would spread through every later activation)."""
+    for what, sel in (("heads", iv.heads), ("positions", iv.positions), ("rows", iv.rows)):
+        if _selects_nothing(sel):
+            raise ValueError(f"{iv.mode}: {what} selects nothing ({sel!r}), so the intervention would change nothing; "
+                             f"leave {what} out for all of them")
+    if not _is_finite(iv.value):
+        raise ValueError(f"{iv.mode}: the value holds NaN or infinity; an activation patched with it is no longer a "
+                         "number (check how the value was computed)")
+    return iv
+
+
 def replace(value: Any, *, heads=None, positions=None, rows=None) -> Intervention:
     """Replace the activation by ``value`` (a tensor, another run's cache, or a number)."""
-    return Intervention("replace", value, heads, positions, rows)
+    return _checked(Intervention("replace", value, heads, positions, rows))
 
 
 def add(delta: Any, *, heads=None, positions=None, rows=None) -> Intervention:
     """Add ``delta`` (e.g. a steering vector ``(d_model,)``)."""
-    return Intervention("add", delta, heads, positions, rows)
+    return _checked(Intervention("add", delta, heads, positions, rows))
 
 
 def scale(factor: float, *, heads=None, positions=None, rows=None) -> Intervention:
     """Multiply the activation by ``factor``."""
-    return Intervention("scale", factor, heads, positions, rows)
+    return _checked(Intervention("scale", factor, heads, positions, rows))
 
 
 def zero(*, heads=None, positions=None, rows=None) -> Intervention:
     """Zero-ablate."""
-    return Intervention("zero", None, heads, positions, rows)
+    return _checked(Intervention("zero", None, heads, positions, rows))
 
 
 def mean_ablate(mean: Any = None, *, heads=None, positions=None, rows=None) -> Intervention:
     """Replace by a mean activation: ``mean`` (tensor broadcastable to the point, e.g. ``(d_model,)`` or
     ``(heads, d_head)``, or a pooled cache), or None for the mean over this run's batch and positions."""
-    return Intervention("mean", mean, heads, positions, rows)
+    return _checked(Intervention("mean", mean, heads, positions, rows))
 
 
 def apply(fn: Callable[[torch.Tensor, HookContext], torch.Tensor], *, heads=None, positions=None,
           rows=None) -> Intervention:
     """Replace the activation by ``fn(act, ctx)`` (same shape)."""
-    return Intervention("fn", fn, heads, positions, rows)
+    return _checked(Intervention("fn", fn, heads, positions, rows))
 
 
 def from_rows(source_rows: Union[int, Sequence[int]], *, heads=None, positions=None, rows=None) -> Intervention:
@@ -323,7 +357,7 @@ def from_rows(source_rows: Union[int, Sequence[int]], *, heads=None, positions=N
     patched row, in order). This patches from a reference run that is stacked in the same batch and steps with it,
     e.g. a white-noise run that is fed the patched run's tokens during generation
     (:func:`asrinterp_utils.patching.generate_sweep` builds these)."""
-    return Intervention("from_rows", source_rows, heads, positions, rows)
+    return _checked(Intervention("from_rows", source_rows, heads, positions, rows))
 
 
 def _index_list(sel, n: int, what: str) -> torch.Tensor | None:

@@ -219,6 +219,8 @@ def encoder_lens(lm: Any, audio_list: Sequence[np.ndarray], references: Sequence
     bad = [layer for layer in layers if not 0 <= layer < n]
     if bad:
         raise ValueError(f"encoder layers must be in 0..{n - 1} for this model ({n} encoder layers); got {bad}")
+    if len(audio_list) == 0:
+        raise ValueError("encoder_lens: audio_list is empty: pass at least one clip")
     if references is not None and len(references) != len(audio_list):
         raise ValueError(f"{len(references)} references for {len(audio_list)} clips")
     names = [f"enc.{i}.resid_post" for i in layers]
@@ -290,6 +292,12 @@ content and function words. A choice of this book, close to common stop-word lis
 TOKEN_KINDS = ("content", "function", "continuation", "digit", "punctuation")
 
 
+def _check_clips(audio_list: Any, batch_size: Any, caller: str) -> None:
+    if len(audio_list) == 0:
+        raise ValueError(f"{caller}: audio_list is empty: pass at least one clip")
+    check_whole(batch_size, f"{caller}: batch_size", 1)
+
+
 def token_kinds(tokenizer: Any, text_ids: Sequence[int]) -> pd.DataFrame:
     """One row per text token of one transcript: ``token`` (its text), ``word`` (the normalised word it belongs
     to), ``word_initial`` (it starts a word), ``digit``, ``punctuation``, ``function_word`` and one ``kind`` from
@@ -297,6 +305,8 @@ def token_kinds(tokenizer: Any, text_ids: Sequence[int]) -> pd.DataFrame:
 
     A token starts a word when its text begins with a space, or it is the first token, or the previous token was
     punctuation."""
+    if not hasattr(tokenizer, "decode"):
+        raise ValueError(f"token_kinds: give the model's tokenizer (lm.tokenizer); got {type(tokenizer).__name__}")
     pieces = [tokenizer.decode([int(i)]) for i in text_ids]
     rows, word_of, current = [], [], -1
     for i, piece in enumerate(pieces):
@@ -361,6 +371,7 @@ def corpus_logit_lens(lm: Any, audio_list: Sequence[np.ndarray], *, batch_size: 
     """
     from tqdm.auto import tqdm
 
+    _check_clips(audio_list, batch_size, "corpus_logit_lens")
     n_prompt = len(lm.prompt_ids())
     token_rows, layer_rows, transcripts = [], [], []
     n_lens = len(whisper_core(lm).decoder.layers) + 1
@@ -371,8 +382,7 @@ def corpus_logit_lens(lm: Any, audio_list: Sequence[np.ndarray], *, batch_size: 
         decoded = store.decoded(lm, batch, max_new_tokens=max_new_tokens, states=encoded.states)
         # position n_prompt - 1 + j predicts text token j: only those positions are read through the lens
         kept = [(row, n_prompt - 1 + j) for row, text_ids in enumerate(decoded.text_ids) for j in range(len(text_ids))]
-        transcripts += [lm.tokenizer.decode(text_ids, skip_special_tokens=True).strip()
-                        for text_ids in decoded.text_ids]
+        transcripts += decoded.texts(lm.tokenizer)
         if not kept:
             continue
         rows, positions = torch.tensor(kept).T
@@ -443,6 +453,7 @@ def decoder_residuals(lm: Any, audio_list: Sequence[np.ndarray], texts: Sequence
     predicting ``<|endoftext|>`` is kept."""
     from tqdm.auto import tqdm
 
+    _check_clips(audio_list, batch_size, "decoder_residuals")
     if texts is not None and len(texts) != len(audio_list):
         raise ValueError(f"decoder_residuals: {len(texts)} texts for {len(audio_list)} clips: give one text per clip "
                          "(or texts=None to teacher-force each clip's own greedy transcript)")

@@ -31,6 +31,7 @@ def normalize_text(text: str) -> str:
     >>> normalize_text("Press 3 to re-record your message.")
     'press three to re record your message'
     """
+    _require_string("normalize_text", text)
     text = text.lower().replace("-", " ").replace("/", " ")
     text = re.sub(r"\b(\d{1,2})\b", lambda m: _number_words(int(m.group(1))), text)
     text = re.sub(r"[^\w\s']", " ", text)
@@ -70,6 +71,12 @@ def _refuse_string(function: str, name: str, value: Any, what_to_do: str) -> Non
                         f"{what_to_do}")
 
 
+def _require_string(function: str, text: Any) -> None:
+    if not isinstance(text, str):
+        raise TypeError(f"{function}: text must be a str (one transcript); got {type(text).__name__}"
+                        + (": decode it first" if isinstance(text, bytes) else ""))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Repetition loops and what kind of text a transcript is
 # ---------------------------------------------------------------------------------------------------------------
@@ -83,6 +90,7 @@ def compression_ratio(text: str) -> float:
     well: a ratio above :data:`COMPRESSION_RATIO_THRESHOLD` marks a loop."""
     import zlib
 
+    _require_string("compression_ratio", text)
     data = text.encode("utf-8")
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
@@ -104,6 +112,7 @@ def longest_repeat(words: Sequence[str], max_n: int = 8) -> RepeatRun:
     RepeatRun(ngram=('to', 'the', 'night'), repeats=3, start=0)
     """
     _refuse_string("longest_repeat", "words", words, "give text.split() (or use is_repetitive(text))")
+    check_whole(max_n, "longest_repeat: max_n", 1, " (the longest n-gram to look for)")
     best = RepeatRun((), 0, 0)
     for n in range(1, max_n + 1):
         for start in range(len(words) - n + 1):

@@ -404,10 +404,16 @@ def head_targets(model: Any, point: str = "cross_head_out", source: Any = None,
     """One target per (layer, head) of a per-head decoder point (``cross_head_out`` or ``self_head_out``) or encoder
     point (``head_out``): replace that head by ``source`` (a cache of another run, or a tensor), or zero it when
     ``source`` is None. Labels are like ``"dec.3.cross_head_out[h5]"``."""
+    if point not in ("cross_head_out", "self_head_out", "head_out"):
+        raise ValueError(f"head_targets: point must be a per-head point, 'cross_head_out' or 'self_head_out' (decoder) "
+                         f"or 'head_out' (encoder); got {point!r}")
     side = "enc" if point == "head_out" else "dec"
     core = whisper_core(model)
     stack = core.encoder.layers if side == "enc" else core.decoder.layers
     n_heads = (stack[0].self_attn if side == "enc" or point == "self_head_out" else stack[0].encoder_attn).num_heads
+    bad = [layer for layer in (layers or []) if not 0 <= layer < len(stack)]
+    if bad:
+        raise ValueError(f"head_targets: layers must be in 0..{len(stack) - 1} ({side} layers); got {bad}")
     targets = []
     for layer in (range(len(stack)) if layers is None else layers):
         name = f"{side}.{layer}.{point}"
@@ -638,6 +644,8 @@ class GenerationSweep:
 def combine(*targets: PatchTarget, label: str | None = None) -> PatchTarget:
     """One target that applies the interventions of several together (e.g. a layer's cross-attention and a head).
     Two targets on the same hook point are applied in order."""
+    if not targets:
+        raise ValueError("combine: give the targets to combine (at least one PatchTarget)")
     merged: dict[str, list[Intervention]] = {}
     for t in targets:
         for name, iv in t.interventions.items():
@@ -709,12 +717,6 @@ def _patched_greedy(lm: Any, clean_states: torch.Tensor, ref_states: torch.Tenso
                          kv_rows=kv_rows, follow=follow, patches=plan)
     texts = [[decoded.text_ids[i * batch + b] for b in range(batch)] for i in range(k)]
     return texts, ([decoded.text_ids[r] for r in leaders] if reference_texts else None)
-
-
-def _text(lm: Any, ids: list[int]) -> str:
-    if lm.tokenizer is None:  # a model without a tokenizer (the tests' toy): the token ids as text
-        return " ".join(str(i) for i in ids)
-    return lm.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
 @dataclass
@@ -871,7 +873,7 @@ def generate_sweep(lm: Any, audio_list: Sequence[Any], targets: Sequence[PatchTa
     clean_feats, ref_feats = encoded.clean_features, encoded.reference_features
     clean_states, ref_states = encoded.clean_states, encoded.reference_states
     batch = len(clean_feats)
-    text = lambda ids: _text(lm, ids)  # noqa: E731
+    text = lambda ids: run.text_of(lm.tokenizer, ids)  # noqa: E731
     reference_key = ("reference", max_new_tokens)
 
     if sides == {"enc"}:

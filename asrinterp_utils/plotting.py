@@ -157,6 +157,10 @@ def patch_heatmap(values, *, row_label: str = "layer", col_label: str = "compone
     ``center`` (0: no change) unless ``center`` is None. Returns the Axes."""
     import pandas as pd
 
+    shape = values.shape if isinstance(values, pd.DataFrame) else np.shape(np.asarray(values, dtype=object))
+    if len(shape) != 2 or 0 in shape:
+        raise ValueError(f"patch_heatmap: values must be a non-empty (layers, components) table; got shape {shape} "
+                         "(patching.layer_grid turns a sweep's values into one)")
     frame = values if isinstance(values, pd.DataFrame) else pd.DataFrame(np.asarray(values))
     if ax is None:
         _, ax = plt.subplots(figsize=(1.2 + 0.75 * frame.shape[1], 0.9 + 0.42 * frame.shape[0]))

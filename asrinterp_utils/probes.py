@@ -595,6 +595,9 @@ def best_layer(table: Union[ProbeResult, pd.DataFrame]) -> int:
     """The layer with the highest mean accuracy; among ties (within 1e-12) the earliest."""
     table = _table(table)
     accuracy = table["accuracy"].to_numpy(dtype=float)
+    if not np.isfinite(accuracy).any():
+        raise ValueError(f"best_layer: the table has no layer with an accuracy ({len(table)} rows); probe some layers "
+                         "first")
     return int(table.loc[accuracy >= np.nanmax(accuracy) - 1e-12, "layer"].min())
 
 

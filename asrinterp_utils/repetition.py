@@ -29,7 +29,7 @@ import pandas as pd
 from . import run, store
 from .audio import SAMPLE_RATE
 from .metrics import is_repetitive, longest_repeat, normalize_text, word_error_rate
-from .runtime import cache_dir, write_text_atomic
+from .runtime import cache_dir, check_whole, write_text_atomic
 
 
 TRANSFORMS = {
@@ -105,6 +105,7 @@ def is_hallucinated_loop(transcript: str, reference: str, *, hit_limit: bool, re
     """A loop the audio does not explain: :func:`~asrinterp_utils.metrics.is_repetitive` and either the model ran
     to the token limit (a runaway) or it repeats an n-gram more often than the audio repeats and the reference
     text itself is not repetitive."""
+    check_whole(repeats_in_audio, "is_hallucinated_loop: repeats_in_audio", 1, " (1: the audio says it once)")
     if not is_repetitive(transcript):
         return False
     if hit_limit:

@@ -46,9 +46,10 @@ import torch
 
 from .hooks import (Intervention, _absolute_positions, _index_list, active_hook_count, hf_model, patch,
                     pattern_hook_sides, resolve_hook_points, whisper_core)
+from .runtime import check_whole
 
 __all__ = ["Encoded", "Decoded", "encode", "encode_features", "greedy", "teacher_force", "generate_ids", "transcribe",
-           "cross_attention_kv", "attention_for", "attention_mode"]
+           "cross_attention_kv", "attention_for", "attention_mode", "text_of"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -265,8 +266,7 @@ def encode_features(model: Any, features: torch.Tensor, *, patches: Mapping[str,
         shape = tuple(features.shape) if hasattr(features, "shape") else type(features).__name__
         raise ValueError(f"features must be log-mel (batch, {n_mels}, {n_frames}) for this model, as "
                          f"lm.features(clips) gives them; got {shape}")
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    batch_size = check_whole(batch_size, "batch_size", 1)
     if not bool(torch.isfinite(features).all()):
         raise ValueError(f"features hold {int((~torch.isfinite(features)).sum())} non-finite values (NaN or inf); "
                          "compute them with lm.features(clips), which checks the audio.")
@@ -569,11 +569,16 @@ class Decoded:
     first_hidden: torch.Tensor | None = None
 
     def texts(self, tokenizer: Any) -> list[str]:
-        """The transcripts, special tokens removed and stripped; with no tokenizer (a toy model), each row's token
-        ids written out, separated by spaces."""
-        if tokenizer is None:
-            return [" ".join(map(str, row)) for row in self.text_ids]
-        return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in self.text_ids]
+        """The transcripts (:func:`text_of` each row)."""
+        return [text_of(tokenizer, row) for row in self.text_ids]
+
+
+def text_of(tokenizer: Any, ids: Sequence[int]) -> str:
+    """The transcript of text token ids: special tokens removed, stripped; with no tokenizer (a toy model), the ids
+    written out, separated by spaces."""
+    if tokenizer is None:
+        return " ".join(map(str, ids))
+    return tokenizer.decode(list(ids), skip_special_tokens=True).strip()
 
 
 def _prompt_and_rules(model: Any, suppress_timestamps: bool):

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import run, store
+from . import run, stats, store
 from .audio import SECONDS_PER_FRAME
 from .cache import cache_activations
 from .hooks import HookPoint, Intervention, apply, parse_hook_point, whisper_core
@@ -438,6 +438,9 @@ def clip_means(sae: TopKSAE, activations: Activations, n_clips: int | None = Non
     z = latents(sae, activations)
     clips = torch.as_tensor(activations.clip, dtype=torch.long)
     n_clips = int(clips.max()) + 1 if n_clips is None else int(n_clips)
+    if n_clips <= int(clips.max()):
+        raise ValueError(f"clip_means: the rows come from clips 0..{int(clips.max())}, but n_clips is {n_clips}; give "
+                         "the number of clips the activations were collected from (or leave it out)")
     sums = torch.zeros(n_clips, sae.d_sae).index_add_(0, clips, z)
     counts = torch.bincount(clips, minlength=n_clips).clamp_min(1)
     return (sums / counts[:, None]).numpy()
@@ -483,15 +486,8 @@ def label_association(features: np.ndarray, labels: Any, groups: Any, select: An
     held = ~select
     x, y = features[held][:, order], labels[held]
     auc = _auroc(x, y)
-    _, codes = np.unique(groups[held], return_inverse=True)
-    rng = np.random.default_rng(seed)
-    members = [np.flatnonzero(codes == g) for g in range(codes.max() + 1)]
-    draws = []
-    for _ in range(int(n_resamples)):
-        rows = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
-        if y[rows].all() or not y[rows].any():
-            continue
-        draws.append(_auroc(x[rows], y[rows]))
+    draws = [_auroc(x[rows], y[rows]) for rows in stats.grouped_resamples(groups[held], n_resamples, seed)
+             if y[rows].any() and not y[rows].all()]
     low, high = (np.percentile(np.array(draws), [2.5, 97.5], axis=0) if draws
                  else (np.full(len(order), np.nan), np.full(len(order), np.nan)))
     return pd.DataFrame({
@@ -499,7 +495,7 @@ def label_association(features: np.ndarray, labels: Any, groups: Any, select: An
         "auroc_selection": chosen_auc[order], "auroc": auc, "ci_low": low, "ci_high": high,
         "mean_in_label": x[y].mean(0), "mean_outside": x[~y].mean(0), "fires_in_label": (x[y] > 0).mean(0),
         "fires_outside": (x[~y] > 0).mean(0), "n_label": int(y.sum()), "n_outside": int((~y).sum()),
-        "groups": len(members)})
+        "groups": len(np.unique(groups[held]))})
 
 
 def best_latent_per_value(features: np.ndarray, values: Any, groups: Any, select: Any, *, n_resamples: int = 1000,
@@ -532,20 +528,33 @@ def best_latent_per_value(features: np.ndarray, values: Any, groups: Any, select
 
 
 @torch.no_grad()
-def top_activations(sae: TopKSAE, activations: Activations, latent: int, *, n: int = 5):
+def top_activations(sae: TopKSAE, activations: Activations, latent: int | Sequence[int], *, n: int = 5):
     """Where a latent fires most: the ``n`` rows with its largest activation, at most one per clip. Returns a
     DataFrame ``clip, position, seconds`` (an encoder frame's start in its clip; NaN for decoder tokens),
-    ``activation``."""
+    ``activation``. ``latent`` may be a list: the rows are then encoded once for all of them, and the table gains a
+    first column ``latent``, each latent's rows together in the order given."""
     import pandas as pd
 
-    if not 0 <= int(latent) < sae.d_sae:
-        raise ValueError(f"top_activations: latent must be in 0..{sae.d_sae - 1}; got {latent}")
-    values = latents(sae, activations)[:, int(latent)].numpy()
-    table = pd.DataFrame({"clip": activations.clip, "position": activations.position, "activation": values})
-    table = table[table.activation > 0].sort_values("activation", ascending=False, kind="stable")
-    table = table.drop_duplicates("clip").head(n).reset_index(drop=True)
+    if not isinstance(activations, Activations):
+        raise ValueError("top_activations: give the Activations of collect_activations (rows must know their clip)")
+    several = not isinstance(latent, (int, np.integer))
+    wanted = [int(x) for x in (latent if several else [latent])]
+    bad = [x for x in wanted if not 0 <= x < sae.d_sae]
+    if bad or not wanted:
+        raise ValueError(f"top_activations: latent must be in 0..{sae.d_sae - 1}; got {bad or latent}")
+    if int(n) < 1:
+        raise ValueError(f"top_activations: n (rows per latent) must be at least 1; got {n}")
+    z = latents(sae, activations)[:, wanted].numpy()                                          # (rows, latents)
+    tables = []
+    for column, index in enumerate(wanted):
+        table = pd.DataFrame({"clip": activations.clip, "position": activations.position,
+                              "activation": z[:, column]})
+        table = table[table.activation > 0].sort_values("activation", ascending=False, kind="stable")
+        tables.append(table.drop_duplicates("clip").head(int(n)).assign(latent=index))
+    table = pd.concat(tables, ignore_index=True)
     seconds = table.position * SECONDS_PER_FRAME if activations.point.startswith("enc.") else float("nan")
-    return table.assign(seconds=seconds)[["clip", "position", "seconds", "activation"]]
+    columns = ["latent"] * several + ["clip", "position", "seconds", "activation"]
+    return table.assign(seconds=seconds)[columns]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -22,14 +22,16 @@ Every headline number in the book carries an interval, chosen by what the number
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats as _scipy_stats
 
 __all__ = ["Estimate", "McNemar", "CrossFit", "proportion", "bootstrap_mean", "grouped_resample_means",
+           "grouped_resamples", "interval_text",
            "paired_difference", "mcnemar", "selection_stability", "cross_fitted_best", "verdict", "VERDICTS",
            "CONFIDENCE", "N_RESAMPLES"]
 
@@ -63,7 +65,12 @@ class Estimate:
 
     def __str__(self) -> str:
         counted = f"{self.successes} of {self.n}, " if self.successes is not None else ""
-        return f"{self.value:.2f} [{self.low:.2f}, {self.high:.2f}] ({counted}{self.method})"
+        return f"{interval_text(self.value, self.low, self.high)} ({counted}{self.method})"
+
+
+def interval_text(value: float, low: float, high: float, digits: int = 2) -> str:
+    """How every interval in the book is written: ``value [low, high]`` with ``digits`` decimals."""
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def _check_confidence(confidence: Any, what: str) -> None:
@@ -114,6 +121,19 @@ def grouped_resample_means(values: np.ndarray, codes: np.ndarray, n_resamples: i
     draws = np.random.default_rng(seed).multinomial(n_groups, np.full(n_groups, 1.0 / n_groups),
                                                     size=int(n_resamples))                      # (resamples, groups)
     return (draws @ sums) / (draws @ sizes)[:, None]
+
+
+def grouped_resamples(groups: Any, n_resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """Row indices of ``n_resamples`` bootstrap resamples that draw whole groups with replacement (``groups``:
+    ``(n,)`` labels, one per row; G distinct groups, G draws each, every row of a drawn group taken once per draw),
+    for a statistic that is not a mean (an AUROC): each resample is an index array into the ``n`` rows."""
+    if int(n_resamples) < 1:
+        raise ValueError(f"n_resamples must be at least 1; got {n_resamples}")
+    _, codes = np.unique(np.asarray(groups).ravel(), return_inverse=True)
+    members = [np.flatnonzero(codes == g) for g in range(int(codes.max()) + 1)]
+    rng = np.random.default_rng(seed)
+    for _ in range(int(n_resamples)):
+        yield np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
 
 
 def bootstrap_mean(values: Any, *, groups: Any = None, n_resamples: int = N_RESAMPLES,
@@ -256,6 +276,8 @@ def verdict(estimate: Estimate, *, null: float = 0.0, reported: float | None = N
     """
     if direction not in (1, -1):
         raise ValueError(f"verdict: direction must be 1 (the claim is an increase) or -1 (a decrease); got {direction}")
+    if not all(math.isfinite(x) for x in (estimate.value, estimate.low, estimate.high, null)):
+        raise ValueError(f"verdict: the estimate and the null must be finite numbers; got {estimate} against {null}")
     low, high = (estimate.low, estimate.high) if direction == 1 else (-estimate.high, -estimate.low)
     null_ = null * direction
     if low > null_:

@@ -6,6 +6,7 @@ explorers precompute every view (one image per choice) and switch between them i
 """
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Callable, Mapping, Sequence
 
 import ipywidgets as widgets
@@ -18,6 +19,7 @@ def image_explorer(images: Mapping[tuple[int, int], bytes], *, row_name: str = "
     The switching is done by the browser (``jslink`` to nested ``Stack`` widgets), so it works in the static HTML
     as well as in a live notebook. Rows and columns must form a full grid.
     """
+    _check_views(images, bytes, "image_explorer", "PNG bytes (a figure saved to io.BytesIO with format='png')")
     views = {key: widgets.Image(value=png, format="png") for key, png in images.items()}
     return _slider_grid(views, row_name=row_name, col_name=col_name, title=title)
 
@@ -26,8 +28,21 @@ def text_explorer(texts: Mapping[tuple[int, int], str], *, row_name: str = "clip
                   title: str = "") -> widgets.VBox:
     """Two sliders choosing among precomputed HTML snippets keyed by ``(row, col)`` (e.g. the encoder lens's
     transcript of clip ``row`` from layer ``col``); like :func:`image_explorer`, it works in the static page."""
+    _check_views(texts, str, "text_explorer", "an HTML string")
     views = {key: widgets.HTML(value=html) for key, html in texts.items()}
     return _slider_grid(views, row_name=row_name, col_name=col_name, title=title)
+
+
+def _check_views(views: Mapping, kind: type, caller: str, what: str) -> None:
+    """Views keyed by ``(row, col)`` pairs of whole numbers, each of ``kind``."""
+    if not isinstance(views, Mapping) or not views:
+        raise ValueError(f"{caller}: give a non-empty dict {{(row, col): view}}; got "
+                         f"{type(views).__name__}{' (empty)' if isinstance(views, Mapping) else ''}")
+    for key, view in views.items():
+        if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, Integral) and not isinstance(k, bool) for k in key)):
+            raise ValueError(f"{caller}: every key is a (row, col) pair of whole numbers; got {key!r}")
+        if not isinstance(view, kind):
+            raise ValueError(f"{caller}: the view at {key} must be {what}; got {type(view).__name__}")
 
 
 def _slider_grid(views: Mapping[tuple[int, int], widgets.Widget], *, row_name: str, col_name: str,
@@ -65,6 +80,9 @@ def grid_explorer(render: Callable[[int, int], bytes], n_rows: int, n_cols: int,
 
 def choice_explorer(images: Sequence[tuple[str, bytes]], *, description: str = "show") -> widgets.VBox:
     """A dropdown choosing among labelled precomputed images; switching happens in the browser."""
+    if not images or any(not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
+                               and isinstance(item[1], bytes)) for item in images):
+        raise ValueError("choice_explorer: give a non-empty list of (label, PNG bytes) pairs")
     labels = [label for label, _ in images]
     picker = widgets.Dropdown(options=[(label, i) for i, label in enumerate(labels)], value=0,
                               description=description)

@@ -132,12 +132,22 @@ def test_the_model_is_restored_even_when_a_call_fails():
     per_layer = audio_llm.audio_llm_encoder_lens(model, **inputs, apply_final_norm=False, max_new_tokens=2)
     assert len(per_layer) == 2 and all(ids.shape == (2, 49 + 2) for ids in per_layer)  # layers=None: every layer
     input_ids = inputs["input_ids"].clone()
-    input_ids[0, 43] = 7  # one audio token short: transformers raises inside the forward pass
+    input_ids[0, 43] = 7  # one audio token short: refused before the model runs
     bad = dict(inputs, input_ids=input_ids)
     with pytest.raises(ValueError, match="do not match"):
         audio_llm.audio_llm_logit_lens(model, **bad)
-    with pytest.raises(ValueError, match="do not match"):
-        audio_llm.audio_llm_encoder_lens(model, **bad, layers=[0], apply_final_norm=False, max_new_tokens=2)
+
+    def fail(*_):
+        raise RuntimeError("a failure inside the forward pass")
+
+    planted = model.model.language_model.layers[1].register_forward_hook(fail)
+    try:
+        with pytest.raises(RuntimeError, match="inside the forward pass"):
+            audio_llm.audio_llm_logit_lens(model, **inputs)
+        with pytest.raises(RuntimeError, match="inside the forward pass"):
+            audio_llm.audio_llm_encoder_lens(model, **inputs, layers=[0], apply_final_norm=False, max_new_tokens=2)
+    finally:
+        planted.remove()
     assert all_hooks(model) == {}
     assert list(tower.layers) == layers and len(tower.layers) == 2 and tower.layer_norm is layer_norm
     assert [n for n, _ in model.named_modules()] == names
@@ -166,3 +176,19 @@ def test_bad_inputs_raise_clear_errors(tiny):
         audio_llm.audio_llm_logit_lens(model, **dict(inputs, input_ids=inputs["input_ids"][0]))
     with pytest.raises(ValueError, match="batch"):
         audio_llm.audio_llm_logit_lens(model, **dict(inputs, input_features=inputs["input_features"][:1]))
+    with pytest.raises(ValueError, match=r"attention_mask must be \(2, 49\)"):
+        audio_llm.audio_llm_logit_lens(model, **dict(inputs, attention_mask=inputs["attention_mask"][:, 1:]))
+    with pytest.raises(ValueError, match=r"feature_attention_mask must be \(2, 3000\)"):
+        audio_llm.audio_llm_logit_lens(model, **dict(inputs,
+                                                     feature_attention_mask=inputs["feature_attention_mask"][:1]))
+    shorter = inputs["feature_attention_mask"].clone()
+    shorter[0, 100:] = 0  # 100 real frames read as 25 audio tokens where the prompt has 40
+    with pytest.raises(ValueError, match="row 0 of input_ids has 40 <.AUDIO.> tokens, but .* marks 100 real mel "
+                                         "frames, which the audio tower turns into 25"):
+        audio_llm.audio_llm_logit_lens(model, **dict(inputs, feature_attention_mask=shorter))
+    with pytest.raises(ValueError, match="input_ids must hold token ids"):
+        audio_llm.audio_llm_logit_lens(model, **dict(inputs, input_ids=inputs["input_ids"].float()))
+    with pytest.raises(ValueError, match=r"top_k must be .* \(256\); got 0"):
+        audio_llm.audio_llm_logit_lens(model, **inputs, top_k=0)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        audio_llm.audio_llm_encoder_lens(model, **inputs, layers=[0], max_new_tokens=0)

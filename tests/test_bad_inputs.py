@@ -14,9 +14,8 @@ import pandas as pd
 import pytest
 import torch
 
-from asrinterp_utils import (audio, extract, hooks, lens, metrics, patching, plotting, probes, repair, repetition, run,
-                             sae,
-                             stats)
+from asrinterp_utils import (attention, audio, extract, hooks, lens, metrics, patching, plotting, probes, repair,
+                             repetition, run, sae, stats, widgets)
 from asrinterp_utils.audio import AudioError
 from asrinterp_utils.cache import CachePassError, cache_activations
 from asrinterp_utils.data import bank
@@ -280,6 +279,18 @@ CASES = [
      "cannot be pooled"),
     ("extract: another configuration in the same folder", other_configuration_in_one_folder,
      extract.ConfigMismatchError, r"enc\.0\.mlp_out.*enc\.1\.mlp_out"),
+    ("extract: shards of no clips (refused before the folder is claimed)", lambda: extract.extract_features(
+        LM, CLIPS, "enc.0.mlp_out", out_dir=TMP / "f", shard_size=0), ValueError, "shard_size must be .* got 0"),
+    ("extract: spans given as single times", lambda: extract.extract_features(
+        LM, CLIPS, "enc.0.mlp_out", out_dir=TMP / "g", spans=[0.5, 1.0]), ValueError, r"one \(start_s, end_s\) pair"),
+    ("extract: one batch of no clips", lambda: extract.pool_batch(LM, [], ["enc.0.mlp_out"]), ValueError,
+     "audio holds no clips"),
+    ("extract: one batch pooled at the last token of the encoder", lambda: extract.pool_batch(
+        LM, CLIPS, ["enc.0.mlp_out"], pool="last"), ValueError, 'needs side="decoder"'),
+    ("extract: one batch with a span too few", lambda: extract.pool_batch(
+        LM, CLIPS, ["enc.0.mlp_out"], spans=[(0.0, 0.5)]), ValueError, "spans has 1 entries for 2 clips"),
+    ("extract: the log-mel baseline in batches of none", lambda: extract.log_mel_features(LM, CLIPS, batch_size=0),
+     ValueError, "batch_size must be"),
     ("extract: a table without paths", lambda: extract.table_features(LM, pd.DataFrame({"x": [1]}), "enc.0.mlp_out"),
      ValueError, "'path' column"),
     # data
@@ -294,6 +305,14 @@ CASES = [
     ("data: a LibriSpeech split that does not exist", lambda: __import__(
         "asrinterp_utils.data.online").data.online.librispeech("dev-klingon"), ValueError,
      "'dev-klingon'.*validation.clean"),
+    ("data: LibriSpeech, keeping no clips", lambda: __import__(
+        "asrinterp_utils.data.online").data.online.librispeech(n=0), ValueError, r"n \(how many clips to keep\)"),
+    ("data: LibriSpeech from a local copy that is not there", lambda: __import__(
+        "asrinterp_utils.data.online").data.online.librispeech(data_dir=TMP / "no-librispeech"), FileNotFoundError,
+     "no-librispeech' does not exist"),
+    ("data: an accented corpus with a negative timeout", lambda: __import__(
+        "asrinterp_utils.data.online").data.online.accented_english(timeout_s=-1), ValueError,
+     "timeout_s must be a positive number"),
     ("data: an accented corpus with no known column mapping", lambda: __import__(
         "asrinterp_utils.data.online").data.online.accented_english("someone/unknown-accents"), ValueError,
      "'someone/unknown-accents'.*edinburghcstr/edacc.*spec="),
@@ -378,6 +397,65 @@ CASES = [
         pd.DataFrame({"output": ["a", "b"], "silent": [False, False]}), ["a"]), ValueError, "2 outputs but 1"),
     ("repair: a no-speech token from a model without a tokenizer", lambda: repair.no_speech_token(LM), ValueError,
      "pass the token id"),
+    ("sae: top activations of a latent the SAE does not have", lambda: sae.top_activations(
+        sae.TopKSAE(16, 8, 2), sae.Activations(torch.zeros(3, 16), np.zeros(3, int), np.arange(3), "enc.0.resid_post"),
+        [0, 8]), ValueError, r"latent must be in 0\.\.7; got \[8\]"),
+    ("sae: top activations of rows that do not know their clip", lambda: sae.top_activations(
+        sae.TopKSAE(16, 8, 2), torch.zeros(3, 16), 0), ValueError, "give the Activations"),
+    ("widgets: an explorer of no views", lambda: widgets.text_explorer({}), ValueError, "non-empty dict"),
+    ("widgets: an explorer keyed by single numbers", lambda: widgets.text_explorer({0: "a", 1: "b"}), ValueError,
+     r"\(row, col\) pair .* got 0"),
+    ("widgets: an image explorer given a figure, not PNG bytes", lambda: widgets.image_explorer({(0, 0): "fig"}),
+     ValueError, r"view at \(0, 0\) must be PNG bytes"),
+    ("widgets: an explorer with a hole in its grid", lambda: widgets.text_explorer(
+        {(0, 0): "a", (1, 1): "b"}), ValueError, "full grid"),
+    ("widgets: a choice among no images", lambda: widgets.choice_explorer([]), ValueError, "non-empty list"),
+    ("attention: alignment with lengths for fewer clips than the patterns hold", lambda: attention.alignment_table(
+        [torch.rand(2, 2, 4, 10)], [3], [10, 10]), ValueError, "holds 2 clips but n_tokens has 1"),
+    ("attention: alignment over more frames than the pattern has", lambda: attention.alignment_table(
+        [torch.rand(2, 2, 4, 10)], [3, 3], [20, 20]), ValueError, r"n_frames must be 1\.\.10"),
+    ("attention: alignment over more tokens than the pattern has", lambda: attention.alignment_table(
+        [torch.rand(2, 2, 4, 10)], [9, 9], [10, 10]), ValueError, r"n_tokens must be 0\.\.4"),
+    ("attention: one head's score of a 1-D pattern", lambda: attention.alignment_score(np.ones(5)), ValueError,
+     r"\(tokens, frames\)"),
+    ("patching: heads of a point that has none", lambda: patching.head_targets(LM, "mlp_out"), ValueError,
+     "per-head point.*'mlp_out'"),
+    ("patching: heads of a layer the model does not have", lambda: patching.head_targets(LM, layers=[5]),
+     ValueError, r"layers must be in 0\.\.1"),
+    ("patching: combining nothing", lambda: patching.combine(), ValueError, "at least one PatchTarget"),
+    ("hooks: an intervention on no positions", lambda: hooks.zero(positions=[]), ValueError,
+     "positions selects nothing"),
+    ("hooks: an intervention on no heads (an all-False mask)", lambda: hooks.zero(heads=torch.zeros(4, dtype=bool)),
+     ValueError, "heads selects nothing"),
+    ("hooks: a steering vector holding NaN", lambda: hooks.add(torch.full((16,), float("nan"))), ValueError,
+     "NaN or infinity"),
+    ("hooks: scaling by infinity", lambda: hooks.scale(float("inf")), ValueError, "NaN or infinity"),
+    ("stats: a verdict on a NaN estimate", lambda: stats.verdict(stats.Estimate(float("nan"), 0.0, 1.0, 3, "x")),
+     ValueError, "must be finite"),
+    ("probes: the best layer of an empty table", lambda: probes.best_layer(
+        pd.DataFrame({"layer": [], "accuracy": []})), ValueError, "no layer with an accuracy"),
+    ("sae: per-clip means for fewer clips than the rows name", lambda: sae.clip_means(
+        sae.TopKSAE(8, 16, 2), sae.Activations(torch.randn(4, 8), np.arange(4), np.arange(4), "enc.0.resid_post"),
+        n_clips=2), ValueError, r"clips 0\.\.3, but n_clips is 2"),
+    ("repetition: a loop judged against audio that says it no times", lambda: repetition.is_hallucinated_loop(
+        "a a a a a", "a", hit_limit=False, repeats_in_audio=0), ValueError, "repeats_in_audio"),
+    ("metrics: normalising no text", lambda: metrics.normalize_text(None), TypeError, "got NoneType"),
+    ("metrics: the compression ratio of bytes", lambda: metrics.compression_ratio(b"abc"), TypeError,
+     "decode it first"),
+    ("metrics: repeats of n-grams of no words", lambda: metrics.longest_repeat(["a"], max_n=0), ValueError,
+     "max_n"),
+    ("execution: an encoder batch of 2.5 clips", lambda: run.encode(LM, CLIPS, batch_size=2.5), ValueError,
+     "batch_size must be a whole number"),
+    ("lens: token kinds without a tokenizer", lambda: lens.token_kinds(None, [1, 2]), ValueError,
+     r"lm\.tokenizer"),
+    ("lens: the encoder lens of no clips", lambda: lens.encoder_lens(LM, []), ValueError, "audio_list is empty"),
+    ("lens: the corpus lens in batches of none", lambda: lens.corpus_logit_lens(LM, CLIPS, batch_size=0),
+     ValueError, "batch_size must be"),
+    ("lens: decoder residuals of no clips", lambda: lens.decoder_residuals(LM, []), ValueError,
+     "audio_list is empty"),
+    ("plotting: a heatmap of nothing", lambda: plotting.patch_heatmap({}, value_label="x"), ValueError,
+     "non-empty \\(layers, components\\)"),
+    ("audio: a folder given as a file", lambda: audio.load_audio(TMP), AudioError, "a folder, not an audio file"),
     ("plotting: a pattern with more rows than token labels", lambda: plotting.cross_attention_heatmap(
         np.ones((4, 30)), ["a", "b"], 20), ValueError, "one row per token label"),
     ("plotting: more real frames than the pattern has", lambda: plotting.cross_attention_heatmap(
@@ -390,6 +468,12 @@ def test_bad_input_raises_a_clear_error(what, call, error, message):
     with pytest.raises(error, match=message):
         call()
     assert hooks.active_hook_count(LM) == 0  # no hook left behind by the failure
+
+
+def test_a_refused_extraction_leaves_no_folder_behind():
+    with pytest.raises(ValueError, match="shard_size"):
+        extract.extract_features(LM, CLIPS, "enc.0.mlp_out", out_dir=TMP / "refused", shard_size=0)
+    assert not (TMP / "refused").exists()
 
 
 def test_the_table_is_large_enough_to_mean_something():

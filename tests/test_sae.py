@@ -212,6 +212,10 @@ def test_clip_means_and_top_activations_follow_the_rows():
     assert top.seconds.tolist() == pytest.approx([7 * 0.02, 1 * 0.02])
     with pytest.raises(ValueError, match="latent"):
         sae.top_activations(model, acts, 9)
+    both = sae.top_activations(model, acts, [1, 0], n=5)  # several latents: encoded once, a latent column first
+    assert both.columns[0] == "latent" and both.latent.tolist() == [1, 0, 0]  # latent 1, relu(x[1]): clip 1 only
+    assert both[both.latent == 0].drop(columns="latent").reset_index(drop=True).equals(top)
+    assert both[both.latent == 1]["clip"].tolist() == [1] and both.activation.iloc[0] == 2.0
     part = acts.of_clips([2, 0])
     assert part.clip.tolist() == [0, 0, 2] and torch.equal(part.values, values[[0, 1, 3]])
 

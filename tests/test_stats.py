@@ -108,3 +108,19 @@ def test_cross_fitting_removes_the_optimism_of_choosing_on_the_same_items():
         stats.cross_fitted_best(real, groups=groups, n_folds=11)
     with pytest.raises(ValueError, match="finite"):
         stats.cross_fitted_best(real.assign(h0=np.nan))
+
+
+def test_grouped_resamples_draw_whole_groups_and_interval_text_is_one_format():
+    groups = np.array(["a", "a", "b", "c", "c", "c"])
+    draws = list(stats.grouped_resamples(groups, 50, seed=1))
+    assert len(draws) == 50
+    for rows in draws:
+        counts = np.bincount(rows, minlength=6)
+        assert counts[0] == counts[1] and counts[3] == counts[4] == counts[5]  # a group comes whole, or not at all
+        assert counts[[0, 2, 3]].sum() == 3  # three groups, three draws
+    assert [r.tolist() for r in stats.grouped_resamples(groups, 5, seed=1)] == [r.tolist() for r in draws[:5]]
+    with pytest.raises(ValueError, match="n_resamples"):
+        next(stats.grouped_resamples(groups, 0, seed=1))
+    assert stats.interval_text(0.5, 0.25, 0.75) == "0.50 [0.25, 0.75]"
+    half = stats.proportion(1, 2)
+    assert str(half) == f"{stats.interval_text(half.value, half.low, half.high)} (1 of 2, wilson)"

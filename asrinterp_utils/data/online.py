@@ -55,7 +55,7 @@ import pandas as pd
 import soundfile as sf
 
 from ..audio import SAMPLE_RATE, AudioError, _read_with_ffmpeg, to_whisper_audio
-from ..runtime import cache_dir, write_text_atomic
+from ..runtime import cache_dir, check_whole, write_text_atomic
 from .real import COLUMNS, MissingDependencyError, _build_lock, _count_words, write_wav_atomic
 
 __all__ = [
@@ -410,6 +410,19 @@ def _not_available(what: str, reason: str) -> CorpusNotAvailableError:
     )
 
 
+def _check_request(what: str, n: Any, max_duration_s: Any, timeout_s: Any, data_dir: Any) -> None:
+    """Refuse, before any network call, sizes that are not sizes and a local copy that is not there (a mistyped
+    ``data_dir`` would otherwise be read as a Hub id)."""
+    if n is not None:
+        check_whole(n, f"{what}: n (how many clips to keep)", 1, ", or None for all")
+    for name, value in (("max_duration_s", max_duration_s), ("timeout_s", timeout_s)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+            raise ValueError(f"{what}: {name} must be a positive number of seconds, or None; got {value!r}")
+    if data_dir is not None and not Path(data_dir).exists():
+        raise FileNotFoundError(f"{what}: data_dir {str(data_dir)!r} does not exist; give the folder of a local copy "
+                                "(or leave data_dir out to read from the Hub)")
+
+
 def _timeout(timeout_s: Optional[float]) -> float:
     if timeout_s is not None:
         return float(timeout_s)
@@ -760,6 +773,7 @@ def librispeech(
     :class:`OnlineDependencyError` without ``datasets`` (for the extracted ``LibriSpeech/`` tree ``datasets`` is
     not needed).
     """
+    _check_request("librispeech", n, max_duration_s, timeout_s, data_dir)
     source = data_dir if data_dir is not None else dataset_id
     if source == LIBRISPEECH_ID and config in (None, "all") and split not in LIBRISPEECH_SPLITS:
         raise ValueError(f"librispeech: no split {split!r} in {LIBRISPEECH_ID}; its splits are "
@@ -883,7 +897,8 @@ def accented_english(
     spec's ``extra`` columns (EdAcc: ``raw_accent`` -- the speaker's self-description -- and ``l1``).
     """
     key_id = str(dataset_id) if isinstance(dataset_id, (str, os.PathLike)) else ""
-    _check_accented_request(dataset_id, key_id, spec, data_dir)  # before any network call
+    _check_request("accented_english", n, max_duration_s, timeout_s, data_dir)  # before any network call
+    _check_accented_request(dataset_id, key_id, spec, data_dir)
     base = dict(ACCENTED_CORPORA.get(key_id, ACCENTED_CORPORA[EDACC_ID]))
     if spec:
         base.update(spec)
