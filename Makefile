@@ -21,10 +21,13 @@ BUILD_FLAGS := -W -n --keep-going --all
 FAST_OUT := _build/fast
 PYTEST_ARGS ?=
 TESTS ?= tests
-# make test runs pytest in this many worker processes (pytest-xdist), a test file per worker at a time: the
-# chapters (one file, run in order, in Jupyter kernels of two threads) in one, the unit and integration tests (one
-# thread each: tests/conftest.py) beside them. PYTEST_WORKERS=0 runs everything in one process.
+# make test runs pytest in this many worker processes (pytest-xdist): each test file's tests together on one
+# worker, each chapter (a Jupyter kernel) on whichever worker is free, everything on one thread per worker
+# (tests/conftest.py, tests/test_chapters.py); then, in a second session, the report pages, which read what the
+# chapters saved. PYTEST_WORKERS=0 runs everything in one process.
 PYTEST_WORKERS ?= 2
+# make book executes this many chapters at once, each kernel on (cores / BOOK_JOBS) threads.
+BOOK_JOBS ?= 2
 
 # Debian packages the chapters use: audio decoding (ffmpeg, sox) and the offline speech bank (Asterisk prompts,
 # PocketSphinx test recordings, espeak-ng and flite voices).
@@ -120,12 +123,20 @@ $(STAMP_VENDOR): $(STAMP_NPM) scripts/vendor_js.py
 
 # pytest exit status 5 means it collected no tests: a failure here, said out loud.
 test: setup
-	@rc=0; ASRINTERP_FAST=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS) $(TESTS) || rc=$$?; \
+	@rc=0; ASRINTERP_FAST=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=15 -m "not after_chapters" \
+	    $(PYTEST_ARGS) $(TESTS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5); treating that as a failure" >&2; fi; \
+	if [ $$rc -ne 0 ]; then exit $$rc; fi; \
+	ASRINTERP_FAST=1 $(PY) -m pytest -q -m after_chapters $(PYTEST_ARGS) $(TESTS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then rc=0; fi; \
 	exit $$rc
 
-# Full mode, whatever the calling shell exports. Each failing chapter's traceback: _build/html/reports/.
+# Full mode, whatever the calling shell exports. The chapters run BOOK_JOBS at a time into the build's execution
+# cache first (scripts/execute_chapters.py; BOOK_JOBS=1 runs them one by one), then Jupyter Book builds the pages
+# from it. Each failing chapter's traceback: printed by that script, or _build/html/reports/ for the other pages.
 book: setup
+	@ASRINTERP_FAST=0 $(PY) scripts/execute_chapters.py --jobs $(BOOK_JOBS) --cache _build/.jupyter_cache || \
+	    { echo "make book: a chapter failed (traceback above)" >&2; exit 1; }
 	@ASRINTERP_FAST=0 $(JB) build . $(BUILD_FLAGS) || \
 	    { echo "make book: the build failed (see above; tracebacks of failing chapters are in _build/html/reports/)" >&2; exit 1; }
 	@$(MAKE) --no-print-directory check-book BOOK_HTML_DIR=_build/html
@@ -134,6 +145,8 @@ book: setup
 # Fast mode into its own output folder: its Sphinx environment and execution cache (myst-nb keeps the cache next
 # to the output when _config.yml leaves execute.cache empty) never mix with the full book's.
 book-fast: setup
+	@ASRINTERP_FAST=1 $(PY) scripts/execute_chapters.py --jobs $(BOOK_JOBS) --cache $(FAST_OUT)/_build/.jupyter_cache || \
+	    { echo "make book-fast: a chapter failed (traceback above)" >&2; exit 1; }
 	@ASRINTERP_FAST=1 $(JB) build . --path-output $(FAST_OUT) $(BUILD_FLAGS) || \
 	    { echo "make book-fast: the build failed; see $(FAST_OUT)/_build/html/reports/" >&2; exit 1; }
 	@$(MAKE) --no-print-directory check-book BOOK_HTML_DIR=$(FAST_OUT)/_build/html

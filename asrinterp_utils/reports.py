@@ -388,10 +388,6 @@ def reproduction_claims(results: dict[str, dict]) -> list[Claim]:
 # Beyond the paper: what later work reports, beside what the book's later chapters measured
 # ---------------------------------------------------------------------------------------------------------------
 
-def _interval(value: float, low: float, high: float, digits: int = 2) -> str:
-    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
-
-
 def beyond_the_paper(results: dict[str, dict]):
     """The findings of work after the paper that the book's later chapters take up, as their authors report them,
     beside our numbers: one row per finding, ``finding, source, reported, <one column per model>, chapter``.
@@ -408,7 +404,8 @@ def beyond_the_paper(results: dict[str, dict]):
             return "no latent"
         r = rows[0]
         lower = r.get("direction") == "lower in label"  # chosen for firing less in the label: AUROC below 0.5
-        return (f"latent {int(r['latent'])}: held-out AUROC {_interval(r['auroc'], r['ci_low'], r['ci_high'])} "
+        auroc = stats.interval_text(r["auroc"], r["ci_low"], r["ci_high"])
+        return (f"latent {int(r['latent'])}: held-out AUROC {auroc} "
                 f"({'fires less in the label; ' if lower else ''}chosen among {sparse[model]['d_sae']} on other "
                 f"speakers and sources, measured on {int(r['groups'])} held-out speakers and sources)")
 
@@ -450,10 +447,10 @@ def beyond_the_paper(results: dict[str, dict]):
         held = repairs[model]["held_out"]
         before, after = held["none"]["hallucination"], held[label]["hallucination"]
         change = held[label]["wer_change"]
-        return (f"{what}: non-speech with text {_interval(before['value'], before['low'], before['high'])} -> "
-                f"{_interval(after['value'], after['low'], after['high'])} on {after['n']} held-out clips; WER "
-                f"{held['none']['wer']:.3f} -> {held[label]['wer']:.3f} (per-clip change "
-                f"{_interval(change['value'], change['low'], change['high'])}); loops still looping "
+        before_, after_, change_ = (stats.interval_text(e["value"], e["low"], e["high"])
+                                    for e in (before, after, change))
+        return (f"{what}: non-speech with text {before_} -> {after_} on {after['n']} held-out clips; WER "
+                f"{held['none']['wer']:.3f} -> {held[label]['wer']:.3f} (per-clip change {change_}); loops still looping "
                 f"{held['none']['loops']['successes']} -> {held[label]['loops']['successes']} of "
                 f"{held[label]['loops']['n']}")
 
@@ -581,23 +578,25 @@ def benchmark_seconds(benchmarks: dict[str, dict]):
 
 def chapter_times(cache_db: str | Path):
     """How long each page took to execute in the last book build, from the build's execution cache
-    (``_build/.jupyter_cache/global.db`` for ``make book``): ``page, seconds, executed`` (UTC), one row per page
-    (its latest run), in page order. Empty when there is no cache yet."""
+    (``_build/.jupyter_cache/global.db`` for ``make book``): ``page, seconds, executed`` (UTC) and ``at_once`` (how
+    many chapters ran beside each other, ``scripts/execute_chapters.py``; 1 for a page the build ran alone), one row
+    per page (its latest run), in page order. Empty when there is no cache yet."""
     import sqlite3
 
     import pandas as pd
 
     path = Path(cache_db)
-    columns = ["page", "seconds", "executed"]
+    columns = ["page", "seconds", "executed", "at_once"]
     if not path.is_file():
         return pd.DataFrame(columns=columns)
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
         records = db.execute("SELECT uri, data, created FROM nbcache ORDER BY created").fetchall()
     latest: dict[str, dict] = {}
     for uri, data, created in records:
-        seconds = json.loads(data or "{}").get("execution_seconds")
+        record = json.loads(data or "{}")
+        seconds = record.get("execution_seconds")
         if seconds is not None:
             latest[Path(uri).stem if "/" not in uri else "/".join(Path(uri).parts[-2:])] = {
-                "seconds": float(seconds), "executed": str(created)[:19]}
+                "seconds": float(seconds), "executed": str(created)[:19], "at_once": int(record.get("at_once", 1))}
     rows = [{"page": page.removesuffix(".md").removesuffix(".ipynb"), **v} for page, v in sorted(latest.items())]
     return pd.DataFrame(rows, columns=columns)

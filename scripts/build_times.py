@@ -44,6 +44,7 @@ def main() -> None:
         "ci_run_s": round(args.make_test_s + args.make_book_s, 1),
         **({"prose_rebuild_s": round(args.prose_rebuild_s, 1)} if args.prose_rebuild_s is not None else {}),
         "chapters": {row.page: round(row.seconds, 1) for row in times.itertuples()},
+        "chapters_at_once": int(times.at_once.max()) if len(times) else 1,
         "date": time.strftime("%Y-%m-%d"),
         **({"note": args.note} if args.note else {}),
         "machine": {"cores": os.cpu_count(), "python": platform.python_version(),

@@ -16,6 +16,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """For ``--dist loadgroup`` (make test): a test file's tests stay together on one worker (they share
+    module-level models and fixtures), except the chapters, each of which goes to whichever worker is free (one
+    worker running every chapter in turn would leave the other idle for minutes)."""
+    for item in items:
+        if item.get_closest_marker("chapters") is None:
+            item.add_marker(pytest.mark.xdist_group(name=item.path.name))
+
+
 def random_whisper(*, n_mels: int = 80, vocab: int = 120, layers: int = 2, heads: int = 2, d_model: int = 16,
                    frames: int = 150, attn: str = "eager", seed: int = 0) -> WhisperForConditionalGeneration:
     """A random-initialised Whisper of toy width, in eval mode. ``frames`` encoder frames (the real 1,500 for

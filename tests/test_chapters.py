@@ -5,6 +5,8 @@ Each chapter in ``chapters/`` (MyST Markdown with a jupytext header, or ``.ipynb
 top to bottom with nbclient in a ``python3`` kernel, with ``ASRINTERP_FAST=1`` in the environment and the
 chapter's folder as the working directory. A ``.ipynb`` paired with a ``.md`` of the same name runs once, as the
 ``.md``. The executed notebook is written to ``_build/chapter-tests/`` (also when a cell fails) for inspection.
+Under ``make test`` the chapters are shared out between the two pytest workers one at a time (tests/conftest.py),
+and the report pages run in a second session once every chapter has finished (``-m after_chapters``).
 
     ASRINTERP_FAST=1 .venv/bin/python -m pytest tests/test_chapters.py            # all chapters
     ASRINTERP_FAST=1 .venv/bin/python -m pytest tests/test_chapters.py -k 01_     # one chapter
@@ -12,6 +14,7 @@ chapter's folder as the working directory. A ``.ipynb`` paired with a ``.md`` of
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -32,13 +35,18 @@ REPORT_DIR = ROOT / "reports"
 
 
 def chapter_files() -> list[Path]:
-    """The chapters, the book's other pages that run code, then the generated report pages (which read what the
-    chapters saved, so they run last)."""
+    """The chapters and the book's other pages that run code."""
     md = sorted(CHAPTER_DIR.glob("*.md"))
     stems = {p.stem for p in md}
     ipynb = sorted(p for p in CHAPTER_DIR.glob("*.ipynb") if p.stem not in stems)
     pages = sorted(p for p in (ROOT / "book").glob("*.md") if "```{code-cell}" in p.read_text(encoding="utf-8"))
-    return sorted(md + ipynb) + pages + sorted(REPORT_DIR.glob("*.md"))
+    return sorted(md + ipynb) + pages
+
+
+def report_files() -> list[Path]:
+    """The generated report pages: they read what the chapters saved, so they run after them (in a plain pytest
+    run they come last in this file; make test runs them in a second session, -m after_chapters)."""
+    return sorted(REPORT_DIR.glob("*.md"))
 
 
 @pytest.fixture
@@ -47,6 +55,10 @@ def fast_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ASRINTERP_FAST", "1")
     # No interactive backends in a headless kernel.
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # two pytest workers share the cores (make test): a chapter's kernel computes on one thread, like the unit
+        # tests beside it, so that neither waits on the other's threads
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
 @pytest.mark.chapters
@@ -65,9 +77,7 @@ def test_python3_kernel_is_this_environment(fast_env: None) -> None:
     assert fast == "1"
 
 
-@pytest.mark.chapters
-@pytest.mark.parametrize("path", chapter_files(), ids=lambda p: p.name)
-def test_chapter_runs_in_fast_mode(path: Path, fast_env: None) -> None:
+def execute_in_fast_mode(path: Path) -> None:
     nb = jupytext.read(path)
     client = nbclient.NotebookClient(
         nb,
@@ -82,3 +92,16 @@ def test_chapter_runs_in_fast_mode(path: Path, fast_env: None) -> None:
     finally:
         OUT_DIR.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, OUT_DIR / f"{path.stem}.ipynb")
+
+
+@pytest.mark.chapters
+@pytest.mark.parametrize("path", chapter_files(), ids=lambda p: p.name)
+def test_chapter_runs_in_fast_mode(path: Path, fast_env: None) -> None:
+    execute_in_fast_mode(path)
+
+
+@pytest.mark.chapters
+@pytest.mark.after_chapters
+@pytest.mark.parametrize("path", report_files(), ids=lambda p: p.name)
+def test_report_page_runs_in_fast_mode(path: Path, fast_env: None) -> None:
+    execute_in_fast_mode(path)

@@ -123,12 +123,14 @@ def test_chapter_times_from_the_execution_cache(tmp_path):
                     "created TEXT, accessed TEXT)")
         con.executemany("INSERT INTO nbcache VALUES (?, ?, ?, '', ?, ?, ?)", [
             (1, "a", "/x/chapters/01_a.md", json.dumps({"execution_seconds": 5.0}), "2026-01-01 10:00:00", ""),
-            (2, "b", "/x/chapters/01_a.md", json.dumps({"execution_seconds": 7.0}), "2026-01-02 10:00:00", ""),
+            (2, "b", "/x/chapters/01_a.md", json.dumps({"execution_seconds": 7.0, "at_once": 2}),
+             "2026-01-02 10:00:00", ""),
             (3, "c", "/x/reports/performance.md", json.dumps({"execution_seconds": 1.0}), "2026-01-02 11:00:00",
              "")])
     times = reports.chapter_times(db)
     assert list(times.page) == ["chapters/01_a", "reports/performance"]
     assert list(times.seconds) == [7.0, 1.0]  # the latest run of each page
+    assert list(times.at_once) == [2, 1]  # run beside another chapter by scripts/execute_chapters.py, or alone
     assert reports.chapter_times(tmp_path / "none.db").empty
 
 
