@@ -65,6 +65,12 @@ from .lens import LogitLensResult, lens_statistics
 from .runtime import check_whole
 
 
+def audio_tokens(real_frames: Any) -> Any:
+    """How many ``<|AUDIO|>`` tokens the language model reads for ``real_frames`` real mel frames (an int or a
+    tensor of them): the tower's second convolution and its average pooler each halve them (stride 2)."""
+    return (((real_frames - 1) // 2 + 1) - 2) // 2 + 1
+
+
 def is_audio_llm(model: Any) -> bool:
     """True for a Hugging Face ``Qwen2AudioForConditionalGeneration`` (the audio LLMs this module supports)."""
     from transformers import Qwen2AudioForConditionalGeneration
@@ -107,8 +113,7 @@ def _model_inputs(model: Any, input_ids: torch.Tensor, input_features: torch.Ten
             ("feature_attention_mask", feature_attention_mask, (input_ids.shape[0], frames), "mel frame")):
         if mask is not None and tuple(mask.shape) != shape:
             raise ValueError(f"{name} must be {shape}, one flag per {each}; got shape {tuple(mask.shape)}")
-    # the tower's second convolution and its average pooler each halve the real mel frames
-    expected = ((feature_attention_mask.sum(-1) - 1) // 2 + 1 - 2) // 2 + 1                      # (batch,)
+    expected = audio_tokens(feature_attention_mask.sum(-1))                                       # (batch,)
     found = (input_ids == model.config.audio_token_id).sum(-1)                                   # (batch,)
     wrong = torch.nonzero(found.cpu() != expected.cpu()).flatten().tolist()
     if wrong:
@@ -268,7 +273,7 @@ def tiny_qwen2_audio(seed: int = 0) -> tuple[Any, dict[str, torch.Tensor]]:
     real_frames = [160, 120]
     rows = []
     for frames in real_frames:
-        n_audio = (((frames - 1) // 2 + 1) - 2) // 2 + 1  # conv2 (stride 2), then the average pooler (stride 2)
+        n_audio = audio_tokens(frames)
         prefix, question = torch.randint(1, 253, (3,), generator=g), torch.randint(1, 253, (4,), generator=g)
         rows.append(torch.cat([prefix, torch.tensor([audio_bos] + [audio] * n_audio + [audio_eos]), question]))
     width = max(len(row) for row in rows)

@@ -450,7 +450,8 @@ def beyond_the_paper(results: dict[str, dict]):
         before_, after_, change_ = (stats.interval_text(e["value"], e["low"], e["high"])
                                     for e in (before, after, change))
         return (f"{what}: non-speech with text {before_} -> {after_} on {after['n']} held-out clips; WER "
-                f"{held['none']['wer']:.3f} -> {held[label]['wer']:.3f} (per-clip change {change_}); loops still looping "
+                f"{held['none']['wer']:.3f} -> {held[label]['wer']:.3f} (per-clip change {change_}); "
+                "loops still looping "
                 f"{held['none']['loops']['successes']} -> {held[label]['loops']['successes']} of "
                 f"{held[label]['loops']['n']}")
 

@@ -39,7 +39,8 @@ def _check_views(views: Mapping, kind: type, caller: str, what: str) -> None:
         raise ValueError(f"{caller}: give a non-empty dict {{(row, col): view}}; got "
                          f"{type(views).__name__}{' (empty)' if isinstance(views, Mapping) else ''}")
     for key, view in views.items():
-        if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, Integral) and not isinstance(k, bool) for k in key)):
+        whole = isinstance(key, tuple) and all(isinstance(k, Integral) and not isinstance(k, bool) for k in key)
+        if not (whole and len(key) == 2):
             raise ValueError(f"{caller}: every key is a (row, col) pair of whole numbers; got {key!r}")
         if not isinstance(view, kind):
             raise ValueError(f"{caller}: the view at {key} must be {what}; got {type(view).__name__}")
