@@ -2,9 +2,11 @@
 
     python scripts/execute_chapters.py [--jobs 2] [--cache _build/.jupyter_cache]
 
-Jupyter Book (myst-nb) executes the pages one after another while Sphinx reads them. On a 2-core machine much of a
-chapter's time is not the two cores multiplying: decoding steps of a few rows, Python, pandas, scikit-learn, plots
-and speech synthesis use one core or less. This script runs ``--jobs`` chapters at once, each kernel on
+Jupyter Book (myst-nb) executes the pages one after another while Sphinx reads them. Part of a chapter's time
+(decoding steps of a few rows, Python, pandas, scikit-learn, plots, speech synthesis) leaves a core idle; most is
+compute-bound: on the book's 2-core machine each chapter took 1.7-2 times its time alone beside another, and all
+of them together 12 % less than one after another (benchmarks/results/build_times.json). This script runs
+``--jobs`` chapters at once, each kernel on
 ``cores // jobs`` threads, and files each executed notebook in the same jupyter-cache that myst-nb reads
 (``execute_notebooks: cache``), under the same key (the code cells and the kernel, read by myst-nb's own MyST
 reader). The build then finds every chapter there and executes only the short pages (the reports, which read what
