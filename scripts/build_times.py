@@ -19,9 +19,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from asrinterp_utils.reports import chapter_times  # noqa: E402
 from asrinterp_utils.runtime import write_text_atomic  # noqa: E402
+from _common import matmul_peak, read_bandwidth  # noqa: E402
 
 
 def main() -> None:
@@ -47,8 +49,12 @@ def main() -> None:
         "chapters_at_once": int(times.at_once.max()) if len(times) else 1,
         "date": time.strftime("%Y-%m-%d"),
         **({"note": args.note} if args.note else {}),
+        # machines of one kind differ (a float32 peak of 200 against 390 GFLOP/s has been measured here): the speed
+        # of the one that ran the build, measured when this is written (nothing else should be running)
         "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
-                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")},
+                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+                    "float32_matmul_peak_gflop_s": round(matmul_peak() / 1e9, 1),
+                    "read_bandwidth_gb_s": round(read_bandwidth() / 1e9, 1)},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out, json.dumps(payload, indent=2) + "\n")
