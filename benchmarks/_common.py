@@ -56,10 +56,10 @@ def real_clips(n: int, min_words: int = 8):
     return [clip_audio(p) for p in table.path], list(table.text)
 
 
-def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
-    """The float32 matrix-multiply throughput of this machine, FLOP/s: the best of ``repeats`` ``n x n`` products
-    (the practical peak that a roofline compares against)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak(n: int = 2048, repeats: int = 10, dtype: torch.dtype = torch.float32) -> float:
+    """The matrix-multiply throughput of this machine in ``dtype`` (float32 unless asked), FLOP/s: the best of
+    ``repeats`` ``n x n`` products (the practical peak that a roofline compares against)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(3):
         a @ b
     best = float("inf")

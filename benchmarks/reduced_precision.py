@@ -30,19 +30,6 @@ MAX_NEW_TOKENS = 96
 RUNS = 2
 
 
-def bf16_matmul_peak(n: int = 2048, repeats: int = 10) -> float:
-    """The bfloat16 matrix-multiply throughput, FLOP/s: the best of ``repeats`` ``n x n`` products."""
-    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best
-
-
 def encoder(lm, features: torch.Tensor, bf16: bool) -> tuple[torch.Tensor, float]:
     """The encoder output (float32) and the fastest of ``RUNS`` passes, seconds."""
     best, states = float("inf"), None
@@ -77,7 +64,7 @@ def main() -> None:
             "transcripts_identical_to_float32": f"{same} of {len(texts32)}",
             "differing": [{"float32": a, "bfloat16_encoder": b} for a, b in zip(texts32, texts16) if a != b],
         }
-    peak32, peak16 = matmul_peak(), bf16_matmul_peak()
+    peak32, peak16 = matmul_peak(), matmul_peak(dtype=torch.bfloat16)
     write("reduced_precision", {
         "description": __doc__.strip().splitlines()[0], "clips": args.clips, "max_new_tokens": MAX_NEW_TOKENS,
         "timing": f"the fastest of {RUNS} encoder passes over all clips in each precision",
