@@ -779,7 +779,9 @@ def greedy(model: Any, states: torch.Tensor, *, max_new_tokens: int = 128,
             logits = _unembed(proj_out, hidden[phys_of[lead_rows].to(device), -1], packed).float()
             logits.index_fill_(1, suppress_first if step == 0 else suppress_always, float("-inf"))
             chosen = torch.full((n_rows,), end_of_text, dtype=torch.long)
-            chosen[lead_rows] = logits.argmax(-1).cpu()
+            # max(-1).indices: the same first maximal index as argmax (both documented so), 2.5x faster over the
+            # vocabulary on this CPU (0.5 against 1.3 ms for 37 rows of tiny.en)
+            chosen[lead_rows] = logits.max(-1).indices.cpu()
             if scores:
                 picked = logits.gather(1, chosen[lead_rows, None].to(device))[:, 0]
                 logprob[lead_rows, step] = (picked - torch.logsumexp(logits, -1)).cpu()
