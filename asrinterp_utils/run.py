@@ -743,7 +743,7 @@ def greedy(model: Any, states: torch.Tensor, *, max_new_tokens: int = 128,
     proj_out = hf_model(model).proj_out
     suppress_first, suppress_always = torch.nonzero(at_start).squeeze(1), torch.nonzero(always).squeeze(1)
     is_leader = leader == torch.arange(n_rows)
-    packed = _pack_unembedding(proj_out, int(is_leader.sum()))  # only leaders get logits
+    packed = _pack_unembedding(proj_out, int(is_leader.sum()), max_new_tokens)  # only leaders get logits
     # Followers that no intervention targets are identical while they read the same states and have been fed the
     # same tokens: they share one batch row (forked when their leaders' tokens part).
     mergeable = ~is_leader & ~_targeted_rows(plan, n_rows) if compact else torch.zeros(n_rows, dtype=torch.bool)
@@ -860,13 +860,13 @@ _PACKED_EXACT: dict[tuple[int, int, int], bool] = {}
 on this machine (a property of the kernels MKL picks for the shape, not of the values)."""
 
 
-def _pack_unembedding(proj_out: torch.nn.Linear, n_rows: int) -> torch.Tensor | None:
+def _pack_unembedding(proj_out: torch.nn.Linear, n_rows: int, max_steps: int) -> torch.Tensor | None:
     """``proj_out``'s weight packed for MKL's matrix product (:func:`_unembed`), or ``None`` where that does not apply:
-    fewer than 2 rows, not float32 on the CPU, gradients wanted, or a PyTorch built without MKL. Packed anew for each
-    decoding loop (about 25 ms for base), so an edit to the weights between calls, ``.data`` included, is always
-    seen."""
+    fewer than 2 rows, fewer than :data:`_PACK_MIN_STEPS` steps at most, not float32 on the CPU, gradients wanted, or
+    a PyTorch built without MKL. Packed anew for each decoding loop (about 25 ms for base), so an edit to the weights
+    between calls, ``.data`` included, is always seen."""
     weight = proj_out.weight
-    if (n_rows < 2 or weight.device.type != "cpu" or weight.dtype != torch.float32 or not weight.is_contiguous()
+    if (n_rows < 2 or max_steps < _PACK_MIN_STEPS or weight.device.type != "cpu" or weight.dtype != torch.float32 or not weight.is_contiguous()
             or (torch.is_grad_enabled() and weight.requires_grad)):
         return None
     try:
@@ -875,6 +875,10 @@ def _pack_unembedding(proj_out: torch.nn.Linear, n_rows: int) -> torch.Tensor | 
         return None
     return reorder(weight.detach(), _PACK_ROWS)
 
+
+_PACK_MIN_STEPS = 16
+"""Packing costs about as much as the 6 to 25 steps it takes to pay back (1 to 4 ms saved a step, by row count):
+a loop allowed fewer steps takes the plain product."""
 
 _PACK_ROWS = 64
 """The row count MKL is told to pack the unembedding for; it serves any count (measured on base: 2 to 48 rows, each at

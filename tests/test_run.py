@@ -286,7 +286,7 @@ def test_the_packed_unembedding_gives_the_plain_product_or_stands_aside(lm, monk
     proj_out = hooks.hf_model(lm).proj_out
     hidden = torch.randn(5, proj_out.in_features)
     plain = run._unembed(proj_out, hidden)
-    packed = run._pack_unembedding(proj_out, 5)
+    packed = run._pack_unembedding(proj_out, 5, max_steps=64)
     if packed is None:
         pytest.skip("this PyTorch has no MKL")
     monkeypatch.setattr(run, "_PACKED_EXACT", {})
@@ -295,23 +295,24 @@ def test_the_packed_unembedding_gives_the_plain_product_or_stands_aside(lm, monk
     assert torch.equal(run._unembed(proj_out, hidden, packed), plain)  # packed if the check found it exact
     run._PACKED_EXACT[(5, *proj_out.weight.shape)] = False  # a shape found inexact is never packed again
     assert torch.equal(run._unembed(proj_out, hidden, object()), plain)  # (MKL would refuse a non-tensor)
-    assert run._pack_unembedding(proj_out, 1) is None  # one row: the plain product is as fast
+    assert run._pack_unembedding(proj_out, 1, max_steps=64) is None  # one row: the plain product is as fast
+    assert run._pack_unembedding(proj_out, 5, max_steps=4) is None  # too few steps to pay the packing back
     with torch.enable_grad():
-        assert run._pack_unembedding(proj_out, 5) is None  # mkl_linear keeps no graph
+        assert run._pack_unembedding(proj_out, 5, max_steps=64) is None  # mkl_linear keeps no graph
 
 
 @torch.no_grad()
 def test_greedy_sees_weight_edits_between_calls_and_gives_the_tokens_of_the_plain_unembedding(lm, states,
                                                                                               monkeypatch):
     weight = hooks.hf_model(lm).proj_out.weight
-    before = run.greedy(lm, states, max_new_tokens=MAX_NEW)
+    before = run.greedy(lm, states, max_new_tokens=run._PACK_MIN_STEPS)
     saved = weight.data.clone()
     try:
         weight.data.mul_(-1.0)  # a .data edit, which bumps no version counter: argmax turns argmin
-        edited = run.greedy(lm, states, max_new_tokens=MAX_NEW)
-        monkeypatch.setattr(run, "_pack_unembedding", lambda proj_out, n_rows: None)
-        assert torch.equal(run.greedy(lm, states, max_new_tokens=MAX_NEW).ids, edited.ids)
+        edited = run.greedy(lm, states, max_new_tokens=run._PACK_MIN_STEPS)
+        monkeypatch.setattr(run, "_pack_unembedding", lambda proj_out, n_rows, max_steps: None)
+        assert torch.equal(run.greedy(lm, states, max_new_tokens=run._PACK_MIN_STEPS).ids, edited.ids)
     finally:
         weight.data.copy_(saved)
     assert edited.text_ids[0][:1] != before.text_ids[0][:1]  # the edit was seen
-    assert torch.equal(run.greedy(lm, states, max_new_tokens=MAX_NEW).ids, before.ids)
+    assert torch.equal(run.greedy(lm, states, max_new_tokens=run._PACK_MIN_STEPS).ids, before.ids)
