@@ -866,8 +866,8 @@ def _pack_unembedding(proj_out: torch.nn.Linear, n_rows: int, max_steps: int) ->
     a PyTorch built without MKL. Packed anew for each decoding loop (about 25 ms for base), so an edit to the weights
     between calls, ``.data`` included, is always seen."""
     weight = proj_out.weight
-    if (n_rows < 2 or max_steps < _PACK_MIN_STEPS or weight.device.type != "cpu" or weight.dtype != torch.float32 or not weight.is_contiguous()
-            or (torch.is_grad_enabled() and weight.requires_grad)):
+    if (n_rows < 2 or max_steps < _PACK_MIN_STEPS or weight.device.type != "cpu" or weight.dtype != torch.float32
+            or not weight.is_contiguous() or (torch.is_grad_enabled() and weight.requires_grad)):
         return None
     try:
         reorder = torch.ops.mkl._mkl_reorder_linear_weight
