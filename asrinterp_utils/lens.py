@@ -191,7 +191,7 @@ def encoder_lens(lm: Any, audio_list: Sequence[np.ndarray], references: Sequence
 
     The encoder runs once per batch of clips with every layer's output cached; the decoder then decodes all
     ``clips x layers`` states of the batch together, greedily
-    (:func:`~asrinterp_utils.run.greedy`: the same tokens whatever the batch size, timestamp
+    (:func:`~asrinterp_utils.run.greedy`: the same tokens whatever the batch size up to float rounding, timestamp
     tokens suppressed). Each clip's rows are kept in the :mod:`~asrinterp_utils.store` (keyed by model, samples,
     layers and settings) and read from there the next time (``use_store=False``, or a patch attached around the
     call: compute all, store nothing); with the last layer read, the encoder output is filed too.

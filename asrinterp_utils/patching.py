@@ -807,7 +807,7 @@ def _encoder_patched(lm: Any, clean_feats: torch.Tensor, ref_feats: torch.Tensor
 
 @torch.no_grad()
 def generate_sweep(lm: Any, audio_list: Sequence[Any], targets: Sequence[PatchTarget], *,
-                   reference: Any = "white_noise", max_new_tokens: int = 96, batch_rows: int = 256,
+                   reference: Any = "white_noise", max_new_tokens: int = 96, batch_rows: int = run.SWEEP_ROWS,
                    encoder_rows: int = 16, method: str = "batched", reference_texts: bool = True,
                    progress: bool = False) -> GenerationSweep:
     """Greedy transcripts of every clip with each target patched during generation.
@@ -829,7 +829,8 @@ def generate_sweep(lm: Any, audio_list: Sequence[Any], targets: Sequence[PatchTa
         targets: :class:`PatchTarget` s (see :func:`component_targets`, :func:`head_targets`, :func:`combine`).
         reference: ``"white_noise"`` or a list of clips, one per clip.
         max_new_tokens: most tokens per transcript.
-        batch_rows: most decoder rows per forward (each target and clip takes two: patched and reference).
+        batch_rows: most decoder rows per forward (each target and clip takes two: patched and reference;
+            default :data:`asrinterp_utils.run.SWEEP_ROWS`).
         encoder_rows: most clips per encoder forward, for encoder targets.
         method: ``"batched"`` or ``"naive"`` (one clip and one target at a time, encoder rerun, nothing shared).
         reference_texts: also decode the reference clips themselves (``GenerationSweep.reference_texts``; None
@@ -843,6 +844,8 @@ def generate_sweep(lm: Any, audio_list: Sequence[Any], targets: Sequence[PatchTa
     """
     if method not in ("batched", "naive"):
         raise ValueError(f"method must be 'batched' or 'naive', got {method!r}")
+    if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
+        raise ValueError(f"generate_sweep: batch_rows must be a whole number of decoder rows >= 1; got {batch_rows!r}")
     sides = set().union(*(_target_side(lm, t) for t in targets)) if targets else set()
     if sides == {"enc", "dec"}:
         raise ValueError("generate_sweep patches either encoder points or decoder points in one sweep, not both; "

@@ -189,7 +189,7 @@ def _outcome_table(rows: list[dict], no_speech_threshold: float, logprob_thresho
 
 @torch.no_grad()
 def rule_sweep(lm: Any, states: torch.Tensor, targets: Sequence[Any], *, max_new_tokens: int = 96,
-               max_rows: int = 1024, no_speech_threshold: float = NO_SPEECH_THRESHOLD,
+               max_rows: int = run.SWEEP_ROWS, no_speech_threshold: float = NO_SPEECH_THRESHOLD,
                logprob_threshold: float = LOGPROB_THRESHOLD, token: int | None = None) -> dict[str, pd.DataFrame]:
     """:func:`transcribe_with_silence` of the same clips under each of several decoder interventions, ``{label:
     outcome table}``.
@@ -200,6 +200,8 @@ def rule_sweep(lm: Any, states: torch.Tensor, targets: Sequence[Any], *, max_new
     (each target's interventions restricted to its own rows), all reading one projection of ``states``; the
     tables are those each target gives alone (a test asserts it)."""
     _check_thresholds(no_speech_threshold, logprob_threshold, "rule_sweep")
+    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
+        raise ValueError(f"rule_sweep: max_rows must be a whole number of decoder rows >= 1; got {max_rows!r}")
     token = no_speech_token(lm) if token is None else int(token)
     n = len(states)
     labels = [t.label for t in targets]

@@ -29,8 +29,11 @@ What they share:
   ``suppress_tokens`` at every step, ``begin_suppress_tokens`` at the first, and the timestamp tokens (which
   ``<|notimestamps|>`` rules out; early encoder layers can otherwise make the decoder emit them).
 
-The results are the same, token for token, whatever the batch size and however rows are grouped (tests assert it
-against Hugging Face ``generate`` and against one row at a time).
+Every row gets the arithmetic it would get alone, whatever the batch size and however rows are grouped, and the
+same tokens (tests assert it against Hugging Face ``generate`` and against one row at a time) up to float
+rounding: the BLAS kernels differ with a product's shape, so a near-tie between two tokens can go either way. Seen
+once in chapter 8's base head sweep: one row of 624 looped when decoded among 256 rows, and ended after 6 tokens
+alone, in the naive loop and among 1,024 or more.
 """
 from __future__ import annotations
 
@@ -537,6 +540,15 @@ only amortises each step's fixed cost over more rows: on the book's 2-core CPU, 
 of them running to the 64-token limit) decode 1.7x faster in one batch than in batches of 8, on tiny.en and on base.
 The encoder still runs in its own smaller batches."""
 
+SWEEP_ROWS = 1024
+"""Decoder rows per forward in the package's stacked sweeps (:func:`asrinterp_utils.patching.generate_sweep`'s
+``batch_rows``, :func:`asrinterp_utils.repair.rule_sweep`'s ``max_rows``): the targets of a sweep that fit run in
+one batch, which reads every clip's cross-attention keys and values once per step for all of them. Each row holds
+its own self-attention cache (``layers x 2 x d_model`` floats per position: 1.6 MB for base at 64 new tokens, so
+about 1.7 GB at this many rows). On the book's CPU, chapter 8's head sweep of 13 loops (1,248 rows) took 115 s
+on base in chunks of 256 rows, 86 s in chunks of 1024 and 79 s in one; tiny.en's (624 rows) 28 s, 21 s and 17 s.
+On a GPU with a large model, lower it to what the device holds (``book/how_to_run.md``)."""
+
 PRUNE_COPY_COST = 16
 """Dead cross-attention key/value rows are dropped once ``dead rows x steps that may remain`` exceeds this times
 the live rows. Copying a live row (read and write, with fresh pages) costs a few reads of it, but the steps that
@@ -686,7 +698,8 @@ def greedy(model: Any, states: torch.Tensor, *, max_new_tokens: int = 128,
            kv_rows: Sequence[int] | torch.Tensor | None = None, follow: Sequence[int] | torch.Tensor | None = None,
            patches: Mapping[str, Any] | None = None, suppress_timestamps: bool = True,
            compact: bool = True, scores: bool = False) -> Decoded:
-    """Greedy decoding with one KV-cached loop, the same tokens whatever the batch size.
+    """Greedy decoding with one KV-cached loop, the same tokens whatever the batch size (up to float rounding at
+    a near-tie: see the module's docstring).
 
     Args:
         states: distinct encoder outputs ``(n_states, frames, d_model)`` (from :func:`encode`, or an intermediate

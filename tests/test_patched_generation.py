@@ -94,6 +94,10 @@ def test_without_reference_texts_an_encoder_sweep_gives_the_same_transcripts_fro
 def test_mixed_sides_and_bad_sources_are_refused(lm, clips):
     mixed = patching.PatchTarget("both", {"enc.0.mlp_out": hooks.replace(patching.REFERENCE),
                                           "dec.0.mlp_out": hooks.replace(patching.REFERENCE)})
+    one = patching.component_targets(lm, "dec.0.mlp_out", source=patching.REFERENCE)
+    for rows in (0, 2.5, True):
+        with pytest.raises(ValueError, match="batch_rows must be a whole number"):
+            patching.generate_sweep(lm, clips, one, max_new_tokens=MAX_NEW, batch_rows=rows)
     with pytest.raises(ValueError, match="not both"):
         patching.generate_sweep(lm, clips, [mixed], max_new_tokens=MAX_NEW)
     with pytest.raises(ValueError, match="one reference clip per clip"):

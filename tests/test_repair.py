@@ -123,6 +123,9 @@ def test_rule_sweep_equals_each_target_alone(lm, states):
 
 
 def test_rule_sweep_refuses_encoder_points_and_rows(lm, states):
+    for rows in (0, 1.5, False):
+        with pytest.raises(ValueError, match="max_rows must be a whole number"):
+            repair.rule_sweep(lm, states, patching.head_targets(lm, "self_head_out")[:1], max_rows=rows, token=TOKEN)
     enc = patching.PatchTarget("enc", {"enc.0.resid_post": hooks.zero()})
     with pytest.raises(ValueError, match="encoder point"):
         repair.rule_sweep(lm, states, [enc], token=TOKEN)
