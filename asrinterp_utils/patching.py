@@ -830,7 +830,7 @@ def generate_sweep(lm: Any, audio_list: Sequence[Any], targets: Sequence[PatchTa
         reference: ``"white_noise"`` or a list of clips, one per clip.
         max_new_tokens: most tokens per transcript.
         batch_rows: most decoder rows per forward (each target and clip takes two: patched and reference;
-            default :data:`asrinterp_utils.run.SWEEP_ROWS`).
+            default ``run.SWEEP_ROWS``).
         encoder_rows: most clips per encoder forward, for encoder targets.
         method: ``"batched"`` or ``"naive"`` (one clip and one target at a time, encoder rerun, nothing shared).
         reference_texts: also decode the reference clips themselves (``GenerationSweep.reference_texts``; None
