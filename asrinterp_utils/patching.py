@@ -27,6 +27,7 @@ import torch
 
 from . import run, stats, store
 from .hooks import Intervention, hf_model, patch, replace, resolve_hook_points, whisper_core, zero
+from .runtime import check_whole
 
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``metric(logits (N, tokens, vocab), decoder_input_ids (N, tokens)) -> (N,)``."""
@@ -844,8 +845,7 @@ def generate_sweep(lm: Any, audio_list: Sequence[Any], targets: Sequence[PatchTa
     """
     if method not in ("batched", "naive"):
         raise ValueError(f"method must be 'batched' or 'naive', got {method!r}")
-    if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
-        raise ValueError(f"generate_sweep: batch_rows must be a whole number of decoder rows >= 1; got {batch_rows!r}")
+    batch_rows = check_whole(batch_rows, "generate_sweep: batch_rows", 1, " (decoder rows per forward)")
     sides = set().union(*(_target_side(lm, t) for t in targets)) if targets else set()
     if sides == {"enc", "dec"}:
         raise ValueError("generate_sweep patches either encoder points or decoder points in one sweep, not both; "

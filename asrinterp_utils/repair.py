@@ -40,6 +40,7 @@ from .hooks import Intervention, add as add_intervention, apply, hf_model, parse
 from .patching import stacked_interventions
 from .metrics import clip_wers, normalize_text, word_error_rate
 from .repetition import is_hallucinated_loop
+from .runtime import check_whole
 
 __all__ = ["NO_SPEECH_THRESHOLD", "LOGPROB_THRESHOLD", "Direction", "decoder_states", "loop_outputs",
            "mean_difference", "no_speech_logodds", "no_speech_token", "prompt_ids", "rule_sweep",
@@ -200,8 +201,7 @@ def rule_sweep(lm: Any, states: torch.Tensor, targets: Sequence[Any], *, max_new
     (each target's interventions restricted to its own rows), all reading one projection of ``states``; the
     tables are those each target gives alone (a test asserts it)."""
     _check_thresholds(no_speech_threshold, logprob_threshold, "rule_sweep")
-    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
-        raise ValueError(f"rule_sweep: max_rows must be a whole number of decoder rows >= 1; got {max_rows!r}")
+    max_rows = check_whole(max_rows, "rule_sweep: max_rows", 1, " (decoder rows per forward)")
     token = no_speech_token(lm) if token is None else int(token)
     n = len(states)
     labels = [t.label for t in targets]
@@ -214,7 +214,7 @@ def rule_sweep(lm: Any, states: torch.Tensor, targets: Sequence[Any], *, max_new
                 raise ValueError(f"rule_sweep: {target.label} patches {name}, an encoder point; the sweep reuses one "
                                  "encoder output: patch the encoder with transcribe_with_silence(lm, clips, "
                                  "patches=...)")
-    per_batch = max(1, int(max_rows) // max(1, n))
+    per_batch = max(1, max_rows // max(1, n))
     chunks = [list(targets[start:start + per_batch]) for start in range(0, len(targets), per_batch)]
     plans = [stacked_interventions(chunk, n) for chunk in chunks]  # every target checked before any decoding
     out: dict[str, pd.DataFrame] = {}

@@ -29,11 +29,11 @@ What they share:
   ``suppress_tokens`` at every step, ``begin_suppress_tokens`` at the first, and the timestamp tokens (which
   ``<|notimestamps|>`` rules out; early encoder layers can otherwise make the decoder emit them).
 
-Every row gets the arithmetic it would get alone, whatever the batch size and however rows are grouped, and the
-same tokens (tests assert it against Hugging Face ``generate`` and against one row at a time) up to float
-rounding: the BLAS kernels differ with a product's shape, so a near-tie between two tokens can go either way. Seen
-once in chapter 8's base head sweep: one row of 624 looped when decoded among 256 rows, and ended after 6 tokens
-alone, in the naive loop and among 1,024 or more.
+Rows never read each other, whatever the batch size and however rows are grouped, and get the same tokens as
+alone (tests assert it against Hugging Face ``generate`` and against one row at a time) up to float rounding: the
+BLAS kernels differ with a product's shape, so a near-tie between two tokens can go either way. Seen once, in a
+base head sweep over 13 of chapter 8's loops on one thread: one row of 624 looped when decoded among 256 rows, and
+ended after 6 tokens alone, in the naive loop and among 1,024 or more.
 """
 from __future__ import annotations
 
@@ -545,9 +545,9 @@ SWEEP_ROWS = 1024
 ``batch_rows``, :func:`asrinterp_utils.repair.rule_sweep`'s ``max_rows``): the targets of a sweep that fit run in
 one batch, which reads every clip's cross-attention keys and values once per step for all of them. Each row holds
 its own self-attention cache (``layers x 2 x d_model`` floats per position: 1.6 MB for base at 64 new tokens, so
-about 1.7 GB at this many rows). On the book's CPU, chapter 8's head sweep of 13 loops (1,248 rows) took 115 s
-on base in chunks of 256 rows, 86 s in chunks of 1024 and 79 s in one; tiny.en's (624 rows) 28 s, 21 s and 17 s.
-On a GPU with a large model, lower it to what the device holds (``book/how_to_run.md``)."""
+about 1.7 GB at this many rows). On the book's CPU, chapter 8's head and component sweeps run 1.18-1.37x faster
+in chunks of 1024 rows than of 256, with the same tokens (``benchmarks/sweep_rows.py``). On a GPU with a large
+model, lower it to what the device holds (``book/how_to_run.md``)."""
 
 PRUNE_COPY_COST = 16
 """Dead cross-attention key/value rows are dropped once ``dead rows x steps that may remain`` exceeds this times

@@ -12,9 +12,9 @@ Three ways, on the same encoder states (each layer's output through the final en
 
 Target: >= 3x over the naive loop on base (the JSON gives the bounds that this machine puts on it). Both ways read
 the same cross-attention keys and values at every step of every row (each row decodes a different encoder output,
-so nothing is shared): about 37 MB per row and step for base. The ``memory_floor`` entry divides those bytes by this machine's measured read bandwidth: what no greedy loop
-over these rows can beat on this CPU, and what bounds the batched speed-up (batching saves the per-step overhead
-of the one-row loop, not that reading).
+so nothing is shared): about 37 MB per row and step for base. The ``memory_floor`` entry divides those bytes by
+this machine's measured read bandwidth: what no greedy loop over these rows can beat on this CPU, and what bounds
+the batched speed-up (batching saves the per-step overhead of the one-row loop, not that reading).
 
     python benchmarks/encoder_lens.py [--model base] [--clips 4]
 """

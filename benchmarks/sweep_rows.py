@@ -15,6 +15,7 @@ different matrix kernels, so float rounding can tip a near-tie.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import pandas as pd
@@ -53,8 +54,7 @@ def sweep_settings(lm, audio, encoded, targets) -> dict:
     settings = {"256": 256, "1024 (run.SWEEP_ROWS)": run.SWEEP_ROWS, "all at once": all_rows}
     seconds, ids = {}, {}
     for label, rows in settings.items():
-        fresh = patching.EncodedClips(encoded.clean_features, encoded.reference_features, encoded.clean_states,
-                                      encoded.reference_states, encoded.model_id)  # nothing decoded yet
+        fresh = dataclasses.replace(encoded, _decoded={})  # the same encoder outputs, nothing decoded yet
         t0 = time.perf_counter()
         sweep = patching.generate_sweep(lm, fresh, targets, max_new_tokens=MAX_NEW_TOKENS, batch_rows=rows)
         seconds[label] = round(time.perf_counter() - t0, 1)
