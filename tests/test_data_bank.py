@@ -65,6 +65,20 @@ def test_a_moved_cache_still_finds_its_clips(monkeypatch, tmp_path):
     pd.testing.assert_frame_equal(first.drop(columns="path"), again.drop(columns="path"), check_dtype=False)
 
 
+def test_clip_ids_do_not_depend_on_the_cache_folder(monkeypatch, tmp_path):
+    """Real recordings are converted into the cache; their ids once hashed that path, so the same clip had another id
+    in another cache, and the folds and splits drawn from ids changed with ``$ASRINTERP_CACHE``."""
+    spec = bank.BankSpec("with_real", label="text", n_texts=1, engines=("flite",), real=True, fast_n_texts=1,
+                         fast_max_voices=1)
+    ids = []
+    for root in ("one", "elsewhere/two"):
+        monkeypatch.setenv("ASRINTERP_CACHE", str(tmp_path / root))
+        table = bank.recipes(spec, fast=True)
+        assert table.real_path.dropna().str.startswith(str(tmp_path / root)).any()  # converted into this cache
+        ids.append(list(table.clip_id))
+    assert ids[0] == ids[1] and len(set(ids[0])) == len(ids[0])
+
+
 def test_interrupted_build_leaves_nothing_half_written_and_resumes(monkeypatch, tmp_path):
     made = []
     real_make = bank._make_clip

@@ -48,6 +48,11 @@ from .tts import OTHER_LANGUAGE_VOICES
 
 BANK_VERSION = 1  # bump when the way clips are made changes (every clip is then remade)
 SPLIT_RULE = "speaker, stratified by gender, 30% test"  # part of each table's cache key
+RECIPE_KEYS = ("text", "voice_id", "seed", "noise", "snr_db", "noise_seed", "real_id")
+"""The fields of a recipe row that make its clip, hashed into its ``clip_id`` (so also part of each table's cache
+key). A real recording enters by ``real_id``, its source's own name for it (``asterisk/vm-intro``), never by where
+its file lies: a path under ``$ASRINTERP_CACHE`` would give the same clip another id in another cache, and the
+folds and splits drawn from ids would change with the folder."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,8 @@ class BankSpec:
 
     def key(self) -> str:
         """A short hash of the spec (and of the bank's version): the cache key of the dataset's table."""
-        payload = json.dumps({**asdict(self), "bank_version": BANK_VERSION, "split": SPLIT_RULE}, sort_keys=True)
+        payload = json.dumps({**asdict(self), "bank_version": BANK_VERSION, "split": SPLIT_RULE,
+                              "recipe_keys": RECIPE_KEYS}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -213,15 +219,15 @@ def _real_rows(fast: bool) -> pd.DataFrame:
     pocket = pocketsphinx_clips()
     pocket = pocket[pocket.text.str.split().str.len() >= 3]
     real = pd.concat([ast, pocket.head(2 if fast else len(pocket))], ignore_index=True)
-    real = real.assign(voice_id=real.source + "/" + real.speaker, engine="human", real_path=real.path,
-                       noise="none", snr_db=np.inf, noisy=False, seed=0)
+    real = real.assign(voice_id=real.source + "/" + real.speaker, engine="human",
+                       real_id=real.source + "/" + real.clip_id, real_path=real.path, noise="none", snr_db=np.inf,
+                       noisy=False, seed=0)
     return real.drop(columns=["path"])
 
 
 def _recipe_hash(row: dict) -> str:
-    keys = ("text", "voice_id", "seed", "noise", "snr_db", "noise_seed", "real_path")
-    payload = json.dumps({k: row.get(k) for k in keys if k in row and not _isnan(row.get(k))}, sort_keys=True,
-                         default=str)
+    payload = json.dumps({k: row.get(k) for k in RECIPE_KEYS if k in row and not _isnan(row.get(k))},
+                         sort_keys=True, default=str)
     return hashlib.sha256(f"{BANK_VERSION}:{payload}".encode()).hexdigest()[:16]
 
 
