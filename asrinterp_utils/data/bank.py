@@ -85,7 +85,8 @@ class BankSpec:
         return replace(self, n_texts=min(self.n_texts, self.fast_n_texts))
 
     def key(self) -> str:
-        """A short hash of the spec (and of the bank's version): the cache key of the dataset's table."""
+        """A short hash of the spec, the bank's version, the split rule and the recipe keys: the cache key of the
+        dataset's table."""
         payload = json.dumps({**asdict(self), "bank_version": BANK_VERSION, "split": SPLIT_RULE,
                               "recipe_keys": RECIPE_KEYS}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
