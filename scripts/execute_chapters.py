@@ -4,8 +4,8 @@
 
 Jupyter Book (myst-nb) executes the pages one after another while Sphinx reads them. Part of a chapter's time
 (decoding steps of a few rows, Python, pandas, scikit-learn, plots, speech synthesis) leaves a core idle; most is
-compute-bound: on the book's 2-core machine each chapter took 1.7-2 times its time alone beside another, and all
-of them together 12 % less than one after another (benchmarks/results/build_times.json). This script runs
+compute-bound: on the book's 2-core machine each chapter took 1.7-2.05 times its time alone beside another, and
+all of them together 4-12 % less than one after another, in two comparisons of cold builds. This script runs
 ``--jobs`` chapters at once, each kernel on
 ``cores // jobs`` threads, and files each executed notebook in the same jupyter-cache that myst-nb reads
 (``execute_notebooks: cache``), under the same key (the code cells and the kernel, read by myst-nb's own MyST
