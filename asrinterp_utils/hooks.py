@@ -460,6 +460,10 @@ def _apply_intervention(act: torch.Tensor, iv: Intervention, ctx: HookContext) -
     else:
         src = _align_source(value, sub, ctx, n_rows)
         new = sub + src if iv.mode == "add" else src.expand_as(sub)
+    if rows is not None and iv.positions is None and iv.heads is None:  # whole rows: written as they are
+        out = act.clone()
+        out[rows.to(act.device)] = new
+        return out
     # restrict to the selected positions and heads
     mask = torch.ones(sub.shape[:3] if point.is_heads else sub.shape[:2], dtype=torch.bool, device=sub.device)
     pos_sel = _positions_mask(iv.positions, ctx.positions)

@@ -63,9 +63,9 @@ def test_a_truncated_encoder_pass_returns_that_layers_residual_and_fills_earlier
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("kv_rows", [None, [3, 2, 1, 0], [0, 1, 2, 3, 0, 1, 2, 3, 2], [1, 1, 1]])
+@pytest.mark.parametrize("kv_rows", [None, [3, 2, 1, 0], [0, 1, 2, 3, 0, 1, 2, 3, 2], [1, 1, 1], [0] * 12 + [3, 1, 2]])
 def test_teacher_force_equals_one_forward_per_row(lm, states, kv_rows):
-    """Routed rows (copies, a permutation, uneven groups) read the right keys and values."""
+    """Routed rows (copies, a permutation, uneven groups, groups split into runs) read the right keys and values."""
     kv = list(range(len(states))) if kv_rows is None else kv_rows
     ids = torch.randint(3, 8, (len(kv), 6), generator=torch.Generator().manual_seed(0))
     ids[:, :2] = torch.tensor([1, 3])
@@ -73,6 +73,58 @@ def test_teacher_force_equals_one_forward_per_row(lm, states, kv_rows):
     for r, k in enumerate(kv):
         want = lm.model(encoder_outputs=(states[k:k + 1],), decoder_input_ids=ids[r:r + 1]).logits
         assert torch.allclose(got[r:r + 1], want, atol=1e-4), (kv_rows, r)
+
+
+def test_runs_split_key_rows_at_the_least_estimated_cost():
+    """Against every way of cutting a short row of key rows into runs (a row read by nobody may stay out)."""
+    import itertools
+    import random
+
+    def cost(runs, counts):
+        return sum(run.RUN_COST + (j - i) * (run.KEY_ROW_COST + max(counts[i:j])) for i, j in runs)
+
+    def every_split(counts):
+        n = len(counts)
+        for labels in itertools.product(range(-1, n), repeat=n):  # each row: left out (-1) or the run it starts at
+            runs, i = [], 0
+            while i < n:
+                if labels[i] == -1:
+                    if counts[i]:
+                        break
+                    i += 1
+                    continue
+                j = i + 1
+                while j < n and labels[j] == labels[i]:
+                    j += 1
+                runs.append((i, j))
+                i = j
+            else:
+                yield runs
+
+    rng = random.Random(0)
+    for _ in range(60):
+        counts = [rng.choice([0, 1, 1, 2, 3, 12]) for _ in range(rng.randint(1, 5))]
+        got = run._runs(counts)
+        assert sorted(r for i, j in got for r in range(i, j)) == sorted(set(r for i, j in got for r in range(i, j)))
+        assert all(any(i <= r < j for i, j in got) for r, c in enumerate(counts) if c), counts
+        assert cost(got, counts) == pytest.approx(min(cost(s, counts) for s in every_split(counts))), counts
+    assert run._runs([5] * 8) == [(0, 8)]  # equal groups: one run
+    assert run._runs([12, 1, 1, 1]) == [(0, 1), (1, 4)]  # twelve rows on one key row, one on each of the others
+    assert run._runs([0, 0, 4, 0]) == [(2, 3)]
+
+
+@torch.no_grad()
+def test_attention_patterns_of_rows_routed_in_several_runs_are_their_own(lm, states):
+    kv = [0] * 12 + [3, 1, 2]
+    assert len(run._Route(torch.tensor(kv), len(states)).runs) > 1
+    ids = torch.randint(3, 8, (len(kv), 5), generator=torch.Generator().manual_seed(1))
+    ids[:, :2] = torch.tensor([1, 3])
+    with cache_activations(lm, "dec.1.cross_pattern") as routed:
+        run.teacher_force(lm, states, ids, kv_rows=kv)
+    for r in (0, 11, 12, 13, 14):
+        with cache_activations(lm, "dec.1.cross_pattern") as alone:
+            run.teacher_force(lm, states[kv[r]:kv[r] + 1], ids[r:r + 1])
+        torch.testing.assert_close(routed["dec.1.cross_pattern"][r:r + 1], alone["dec.1.cross_pattern"])
 
 
 @torch.no_grad()
