@@ -460,11 +460,21 @@ def _apply_intervention(act: torch.Tensor, iv: Intervention, ctx: HookContext) -
     else:
         src = _align_source(value, sub, ctx, n_rows)
         new = sub + src if iv.mode == "add" else src.expand_as(sub)
-    if rows is not None and iv.positions is None and iv.heads is None:  # whole rows: written as they are
-        out = act.clone()
-        out[rows.to(act.device)] = new
-        return out
-    # restrict to the selected positions and heads
+    # Restrict to the selected positions and heads. Whole rows are written as they are; over the whole batch the
+    # mask is applied even when it selects everything, so that the result is a new tensor, never a view of the value.
+    if rows is None or iv.positions is not None or iv.heads is not None:
+        new = torch.where(_selection_mask(sub, iv, ctx), new, sub)
+    if rows is None:
+        return new
+    out = act.clone()
+    out[rows.to(act.device)] = new
+    return out
+
+
+def _selection_mask(sub: torch.Tensor, iv: Intervention, ctx: HookContext) -> torch.Tensor:
+    """Where ``iv`` writes in ``sub`` (the point's layout): its positions and, at a per-head point, its heads, as a
+    bool mask that broadcasts to ``sub``."""
+    point = ctx.point
     mask = torch.ones(sub.shape[:3] if point.is_heads else sub.shape[:2], dtype=torch.bool, device=sub.device)
     pos_sel = _positions_mask(iv.positions, ctx.positions)
     if pos_sel is not None:
@@ -480,12 +490,7 @@ def _apply_intervention(act: torch.Tensor, iv: Intervention, ctx: HookContext) -
         mask &= head_mask[None, None, :]
     while mask.dim() < sub.dim():
         mask = mask.unsqueeze(-1)
-    new = torch.where(mask, new, sub)
-    if rows is None:
-        return new
-    out = act.clone()
-    out[rows.to(act.device)] = new
-    return out
+    return mask
 
 
 def _positions_mask(sel: PositionSel, positions: torch.Tensor) -> torch.Tensor | None:

@@ -93,41 +93,50 @@ class _Route:
                eager: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``query (rows, heads, T, d)``, ``key``/``value (n_kv, heads, frames, d)`` -> ``(rows, T, heads, d)`` and,
         for eager attention, the probabilities ``(rows, heads, T, frames)``."""
+        scale = 1.0 if scaling is None else scaling
+        if len(self.runs) == 1:  # every query row in one run, in order: no gathering or scattering
+            start, end, width, _, slot = self.runs[0]
+            return _folded_attention(query, key[start:end], value[start:end], width, slot, scale, eager)
         rows, heads, tokens, d_head = query.shape
-        single = len(self.runs) == 1
-        if not single:
-            out = query.new_empty(rows, tokens, heads, d_head)
-            weights = query.new_empty(rows, heads, tokens, key.shape[2]) if eager else None
+        out = query.new_empty(rows, tokens, heads, d_head)
+        weights = query.new_empty(rows, heads, tokens, key.shape[2]) if eager else None
         for start, end, width, run_rows, slot in self.runs:
-            n_kv = end - start
-            padded = query.new_zeros(n_kv * width, heads, tokens, d_head)
-            padded[slot] = query if single else query[run_rows]
-            q = padded.view(n_kv, width, heads, tokens, d_head).transpose(1, 2).reshape(n_kv, heads, width * tokens,
-                                                                                        d_head)
-            o, w = _cross_attention(q, key[start:end], value[start:end], 1.0 if scaling is None else scaling, eager)
-            o = o.view(n_kv, heads, width, tokens, d_head).permute(0, 2, 3, 1, 4).reshape(n_kv * width, tokens, heads,
-                                                                                         d_head)[slot]
-            if w is not None:
-                w = (w.view(n_kv, heads, width, tokens, -1).transpose(1, 2)
-                     .reshape(n_kv * width, heads, tokens, -1)[slot])
-            if single:
-                return o, w
+            o, w = _folded_attention(query[run_rows], key[start:end], value[start:end], width, slot, scale, eager)
             out[run_rows] = o
             if eager:
                 weights[run_rows] = w
         return out, weights
 
 
+def _folded_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, width: int, slot: torch.Tensor,
+                      scale: float, eager: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One run of :class:`_Route`: ``query (rows, heads, T, d)`` placed at ``slot`` among ``width`` query slots per
+    key row, attended over ``key``/``value (n_kv, heads, frames, d)``; returns ``(rows, T, heads, d)`` and, when
+    ``eager``, the probabilities ``(rows, heads, T, frames)``."""
+    _, heads, tokens, d_head = query.shape
+    n_kv = key.shape[0]
+    padded = query.new_zeros(n_kv * width, heads, tokens, d_head)
+    padded[slot] = query
+    q = padded.view(n_kv, width, heads, tokens, d_head).transpose(1, 2).reshape(n_kv, heads, width * tokens, d_head)
+    out, weights = _cross_attention(q, key, value, scale, eager)
+    if weights is not None:
+        weights = (weights.view(n_kv, heads, width, tokens, -1).transpose(1, 2)
+                   .reshape(n_kv * width, heads, tokens, -1)[slot])
+    out = out.view(n_kv, heads, width, tokens, d_head).permute(0, 2, 3, 1, 4).reshape(n_kv * width, tokens, heads,
+                                                                                     d_head)
+    return out[slot], weights
+
+
 def _runs(counts: list[int]) -> list[tuple[int, int]]:
     """Split key rows ``0..len(counts)`` (``counts[i]``: the query rows reading key row ``i``) into runs of
     consecutive rows, each attended as one padded batch, minimising the estimated cost: per run
     :data:`RUN_COST`, per key row :data:`KEY_ROW_COST` plus the run's width (in units of one query row's cost).
-    Key rows read by no query row are left out."""
+    A key row read by no query row is left out where that is cheaper (between runs, or before or after all of them)."""
     n = len(counts)
     best = [0.0] + [float("inf")] * n  # best[j]: cheapest split of rows 0..j
     cut = [0] * (n + 1)
     for j in range(1, n + 1):
-        if counts[j - 1] == 0 and best[j - 1] < float("inf"):  # an unread row costs nothing where a run ends
+        if counts[j - 1] == 0:  # an unread row left out of every run costs nothing
             best[j], cut[j] = best[j - 1], -1
         width = 0
         for i in range(j - 1, -1, -1):
